@@ -1,0 +1,33 @@
+# FinServe: `make serve` and `make test` do all the set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install serve test test-unit test-integration lint tools clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project with its test tools
+
+serve: install  ## train any missing default model, then serve on 127.0.0.1:8000
+	$(BIN)/finserve serve --config deployments/serve.yaml
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install lint  ## the whole suite: unit, integration (a real local Ray Serve)
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""The Ray Serve layer: stage deployments, the gateway and the application builder."""

@@ -1,0 +1,153 @@
+"""The typed argument of ``build_app``: one schema for the Serve config, the Helm values
+and Python callers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serving.tasks import TASKS
+
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+RESERVED_NAMES = {"models", "health", "docs", "openapi"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Autoscaling(_Strict):
+    """Ray Serve autoscaling on ongoing requests per replica."""
+
+    min_replicas: int = Field(1, ge=0, description="Replicas kept under no load.")
+    max_replicas: int = Field(4, ge=1, description="Replicas at most.")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="Ongoing requests per replica.")
+    upscale_delay_s: float = Field(3.0, ge=0, description="Sustained load before adding one.")
+    downscale_delay_s: float = Field(60.0, ge=0, description="Quiet time before removing one.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.min_replicas must not exceed max_replicas")
+        return self
+
+
+class Stage(_Strict):
+    """Replicas and resources of one stage deployment."""
+
+    num_replicas: int = Field(1, ge=1, description="Fixed replica count (without autoscaling).")
+    autoscaling: Autoscaling | None = Field(None, description="Scale on load instead.")
+    max_ongoing_requests: int = Field(32, ge=1, description="Requests a replica takes at once.")
+    num_cpus: float = Field(0.1, ge=0, description="Logical CPUs reserved per replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; fractions share a GPU.")
+    memory_mb: int | None = Field(None, ge=1, description="Memory reserved per replica.")
+
+    def deployment_options(self, name: str) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options``."""
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus}
+        if self.num_gpus:
+            actor["num_gpus"] = self.num_gpus
+        if self.memory_mb:
+            actor["memory"] = self.memory_mb * 1024 * 1024
+        options: dict[str, Any] = {
+            "name": name,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "ray_actor_options": actor,
+        }
+        if self.autoscaling:
+            options["autoscaling_config"] = self.autoscaling.model_dump()
+        else:
+            options["num_replicas"] = self.num_replicas
+        return options
+
+
+class ModelStageSettings(Stage):
+    """The Model stage: a Stage plus batching and TensorFlow threads."""
+
+    num_cpus: float = 0.5
+    max_batch_size: int = Field(32, ge=1, description="Requests per @serve.batch call.")
+    batch_wait_timeout_s: float = Field(0.002, ge=0, description="Wait to fill a batch.")
+    intra_op_threads: int | None = Field(1, ge=1, description="TF intra-op threads per replica.")
+    inter_op_threads: int | None = Field(1, ge=1, description="TF inter-op threads per replica.")
+
+
+class ModelSettings(_Strict):
+    """One served model: its task, versions and stage settings."""
+
+    name: str = Field(description="Name in URLs and in the model store.")
+    task: str | None = Field(None, description="Task module (serving.tasks); defaults to name.")
+    versions: list[str] = Field(
+        default_factory=lambda: ["latest"],
+        description="Versions served; the first answers requests that name none.",
+    )
+    preprocess: Stage = Field(default_factory=Stage)
+    model: ModelStageSettings = Field(default_factory=ModelStageSettings)
+    postprocess: Stage = Field(default_factory=Stage)
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Postprocessing options (decision thresholds)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value) or value in RESERVED_NAMES:
+            raise ValueError(
+                f"model name '{value}' must be lower-case letters, digits and '-', "
+                f"start with a letter, and not be one of {sorted(RESERVED_NAMES)}"
+            )
+        return value
+
+    @property
+    def task_name(self) -> str:
+        return self.task or self.name
+
+    @model_validator(mode="after")
+    def _known_task(self) -> ModelSettings:
+        if self.task_name not in TASKS:
+            raise ValueError(
+                f"model '{self.name}': unknown task '{self.task_name}'; known: {sorted(TASKS)}"
+            )
+        if not self.versions or len(set(self.versions)) != len(self.versions):
+            raise ValueError(f"model '{self.name}': versions must be a non-empty unique list")
+        return self
+
+
+class Limits(_Strict):
+    """Request limits enforced by the gateway."""
+
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (413).")
+    max_instances: int = Field(1024, ge=1, description="Most examples in one request (413).")
+    request_timeout_s: float = Field(30.0, gt=0, description="Pipeline deadline (504).")
+
+
+class AppArgs(_Strict):
+    """Everything ``build_app`` needs; the Serve config's ``args`` and the chart's values."""
+
+    store_uri: str = Field("model_store", description="Model store root: path or fsspec URI.")
+    models: list[ModelSettings] = Field(min_length=1)
+    gateway: Stage = Field(default_factory=lambda: Stage(num_cpus=0.2, max_ongoing_requests=64))
+    limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AppArgs:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        return self
+
+    def model(self, name: str) -> ModelSettings:
+        return next(m for m in self.models if m.name == name)
+
+
+def load_serve_config(path: str | Path) -> tuple[dict[str, Any], AppArgs]:
+    """Read a Serve config file; return it and the first application's parsed args."""
+    config = yaml.safe_load(Path(path).read_text())
+    apps = config.get("applications") or []
+    if not apps:
+        raise ValueError(f"{path}: no applications")
+    return config, AppArgs.model_validate(apps[0].get("args") or {})

@@ -1,0 +1,166 @@
+"""HTTP plumbing of the gateway: one error shape, a body size limit, request ids."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.errors import FinServeError
+
+log = logging.getLogger("finserve.gateway")
+REQUEST_ID = "x-request-id"
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None
+                   ) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The user-level error inside a Ray task error, if any."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, "request body is not valid JSON"
+    if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in errors):
+        return 400, "request body is empty; send a JSON object"
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {e.get('msg')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return 422, "; ".join(parts) + more
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as ``{"error": ...}`` with the status that says why."""
+
+    @app.exception_handler(FinServeError)
+    async def _finserve(_: Request, exc: FinServeError) -> JSONResponse:
+        return error_response(exc.status_code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        status, message = _validation_message(exc)
+        return error_response(status, message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        inner = unwrap(exc)
+        if isinstance(inner, FinServeError):
+            return error_response(inner.status_code, inner.message, inner.headers)
+        status = _ray_status(inner)
+        if status:
+            return error_response(status, "the model is busy; retry shortly", {"Retry-After": "1"})
+        log.exception("unexpected error on %s", request.url.path)
+        rid = request.headers.get(REQUEST_ID, "")
+        return error_response(500, f"internal error (request id {rid})")
+
+
+def _ray_status(exc: BaseException) -> int | None:
+    """503 for Ray Serve's overload and unavailability errors."""
+    from ray.serve import exceptions as serve_errors
+
+    busy = tuple(
+        getattr(serve_errors, name)
+        for name in ("BackPressureError", "DeploymentUnavailableError")
+        if hasattr(serve_errors, name)
+    )
+    return 503 if busy and isinstance(exc, busy) else None
+
+
+class BodyLimitMiddleware:
+    """Reject bodies over ``max_bytes`` with 413, by header or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._reject(send, headers)
+            return
+        seen = 0
+        rejected = False
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded(message: Message) -> None:
+            # once the body is too large, whatever the app answers is replaced by the 413
+            nonlocal rejected
+            if seen > self.max_bytes:
+                if not rejected:
+                    rejected = True
+                    await self._reject(send, headers)
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, limited, guarded)
+        except _BodyTooLarge:
+            if not rejected:
+                await self._reject(send, headers)
+
+    async def _reject(self, send: Send, headers: dict[bytes, bytes]) -> None:
+        response = error_response(
+            413, f"request body is larger than the limit of {self.max_bytes} bytes"
+        )
+        rid = headers.get(REQUEST_ID.encode())
+        if rid:
+            response.headers[REQUEST_ID] = rid.decode("latin-1")
+        await response({"type": "http"}, _no_receive, send)
+
+
+class JsonBodyMiddleware:
+    """Read every POST body as JSON, as TF Serving and KServe do, whatever content type a
+    client such as ``curl -d`` declares; the route's model then validates it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
+            headers.append((b"content-type", b"application/json"))
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def request_id(request: Request) -> str:
+    """The request id Ray Serve's proxy assigned (the caller's ``x-request-id`` if sent);
+    Serve also returns it in the response's ``x-request-id`` header."""
+    return request.headers.get(REQUEST_ID) or uuid.uuid4().hex

@@ -1,0 +1,159 @@
+"""The ``finserve`` command: train, list and serve models.
+
+Ray is imported lazily, only by the commands that start it.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow start-up chatter out
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from serving.store import ModelStore
+from serving.tasks import TASKS
+
+app = typer.Typer(help="FinServe: train, version and serve finance models.", no_args_is_help=True)
+console = Console()
+DEFAULT_STORE = os.environ.get("FINSERVE_STORE", "model_store")
+DEFAULT_CONFIG = "deployments/serve.yaml"
+
+StoreOpt = Annotated[str, typer.Option("--store", help="Model store root (path or fsspec URI).")]
+
+
+def train_with_progress(task: str, store: ModelStore, **kwargs: object) -> None:
+    """Train one task with a progress bar and print its held-out metric."""
+    from serving.training import train
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), console=console,
+    ) as bar:
+        job = bar.add_task(f"train {task}", total=None, info="loading data")
+
+        def progress(epoch: int, epochs: int, logs: dict[str, float]) -> None:
+            bar.update(job, total=epochs, completed=epoch,
+                       info=f"epoch {epoch}/{epochs} loss {logs.get('loss', float('nan')):.4f}")
+
+        manifest = train(task, store, progress=progress, **kwargs)  # type: ignore[arg-type]
+        bar.update(job, info="exported")
+    m = manifest.metrics
+    console.print(
+        f"[green]{manifest.model} v{manifest.version}[/]: held-out {m['metric']} "
+        f"{m['value']:.4f} (baseline {m['baseline_name']}: {m['baseline']:.4f}) "
+        f"→ {store.root}/{manifest.model}/{manifest.version}"
+    )
+
+
+@app.command("train")
+def train_cmd(
+    task: Annotated[str, typer.Argument(help=f"One of: {', '.join(TASKS)}.")],
+    data: Annotated[str | None, typer.Option(help="CSV or Parquet file (docs/models.md).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs.")] = None,
+    samples: Annotated[int | None, typer.Option(min=100, help="Built-in data rows.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: the task).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Train a model and publish it as a new immutable version."""
+    if task not in TASKS:
+        raise typer.BadParameter(f"unknown task '{task}'; known: {', '.join(TASKS)}")
+    train_with_progress(task, ModelStore(store), data_path=data, epochs=epochs,
+                        samples=samples, model_name=name, seed=seed)
+
+
+@app.command("models")
+def models_cmd(store: StoreOpt = DEFAULT_STORE) -> None:
+    """List every stored version with its held-out metric and baseline."""
+    model_store = ModelStore(store)
+    table = Table("model", "version", "task", "created", "metric", "value", "baseline",
+                  title=f"model store {model_store.root}")
+    for name in model_store.models():
+        for version in model_store.versions(name):
+            man = model_store.manifest(name, version)
+            m = man.metrics
+            table.add_row(name, version, man.task, man.created_at, m["metric"],
+                          f"{m['value']:.4f}", f"{m['baseline']:.4f} ({m['baseline_name']})")
+    console.print(table)
+
+
+def train_missing(config_path: str) -> None:
+    """Train every configured model that has no version in the store yet."""
+    from deployments.app import resolve_store_uri
+    from deployments.config import load_serve_config
+
+    _, args = load_serve_config(config_path)
+    store = ModelStore(resolve_store_uri(args.store_uri))
+    for m in args.models:
+        if not store.versions(m.name):
+            console.print(f"[yellow]{m.name}[/]: no version in {store.root}; training one")
+            train_with_progress(m.task_name, store, model_name=m.name)
+
+
+@app.command("serve")
+def serve_cmd(
+    config: Annotated[str, typer.Option(help="Serve config file.")] = DEFAULT_CONFIG,
+    host: Annotated[str | None, typer.Option(help="Override http_options.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override http_options.port.")] = None,
+    train: Annotated[bool, typer.Option(help="Train missing default models first.")] = True,
+    num_cpus: Annotated[int | None, typer.Option(help="Logical CPUs of the local Ray.")] = None,
+) -> None:
+    """Start an embedded local Ray and serve every model in the Serve config."""
+    from deployments.config import load_serve_config
+
+    started = time.perf_counter()
+    if train:
+        train_missing(config)
+    raw_config, args = load_serve_config(config)
+    http = raw_config.get("http_options") or {}
+    host = host or http.get("host", "127.0.0.1")
+    port = port or int(http.get("port", 8000))
+    os.environ.setdefault("FINSERVE_HOME", str(Path.cwd()))
+
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+
+    ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 8), include_dashboard=False,
+             logging_level="WARNING")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        app_name = raw_config["applications"][0].get("name", "finserve")
+        serve.run(build_app(args), name=app_name, route_prefix="/")
+        _print_ready(host, port, time.perf_counter() - started)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("\nstopping FinServe …")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        console.print("stopped; port released")
+
+
+def _print_ready(host: str, port: int, seconds: float) -> None:
+    base = f"http://{host}:{port}"
+    console.print(f"\n[bold green]FinServe is serving on {base}[/] (ready in {seconds:.1f}s)")
+    console.print(f"  API docs:   {base}/docs")
+    console.print(f"  readiness:  {base}/v2/health/ready")
+    console.print("  try:")
+    console.print(
+        f"    curl -s {base}/v1/sentiment/analyze -H 'content-type: application/json' "
+        "-d '{\"records\": [{\"text\": \"Acme Bank beats estimates as profit surges\"}]}'",
+        soft_wrap=True,
+    )
+    console.print("  Ctrl-C stops the server.", style="dim")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,95 @@
+"""Protocol decode and encode around a task: wire request → raw batch → wire response.
+
+Knows the protocols and tasks, not HTTP and not Ray (the gateway is the thin part).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from serving.errors import BadRequest, InvalidInput, PayloadTooLarge
+from serving.protocol.codec import rows_to_array
+from serving.protocol.v1 import PredictRequest, PredictResponse, instances_to_columns
+from serving.protocol.v2 import InferenceRequest, InferenceResponse, ResponseOutput
+from serving.tasks import Task
+
+Outputs = dict[str, np.ndarray]
+
+
+def check_size(raw: np.ndarray, max_instances: int) -> np.ndarray:
+    if len(raw) > max_instances:
+        raise PayloadTooLarge(
+            f"{len(raw)} instances in one request; the limit is {max_instances}"
+        )
+    return raw
+
+
+def decode_v2(request: InferenceRequest, task: Task) -> np.ndarray:
+    """The task's raw batch from a V2 request (one input, named as in the metadata)."""
+    spec = task.input_spec
+    matching = [i for i in request.inputs if i.name == spec.name]
+    if not matching:
+        names = ", ".join(i.name for i in request.inputs)
+        raise InvalidInput(f"expected an input named '{spec.name}' ({spec.datatype}), got: {names}")
+    tensor = matching[0]
+    if tensor.datatype.upper() != spec.datatype:
+        raise InvalidInput(
+            f"input '{spec.name}' must be {spec.datatype}, got {tensor.datatype}"
+        )
+    return task.check_raw(tensor.as_numpy())
+
+
+def encode_v2(
+    task: Task, model: str, version: str, outputs: Outputs, request: InferenceRequest
+) -> InferenceResponse:
+    names = [spec.name for spec in task.output_specs]
+    if request.outputs:
+        wanted = [o.name for o in request.outputs]
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise InvalidInput(f"unknown output(s) {unknown}; this model has {names}")
+        names = wanted
+    return InferenceResponse(
+        model_name=model,
+        model_version=version,
+        id=request.id,
+        outputs=[ResponseOutput.from_array(n, outputs[n]) for n in names],
+    )
+
+
+def decode_v1(request: PredictRequest, task: Task) -> np.ndarray:
+    """The task's raw batch from a TF-Serving request (rows or columns)."""
+    rows = instances_to_columns(request, task.input_spec.name)
+    return task.check_raw(rows_to_array(rows, task.input_spec))
+
+
+def rows(outputs: Outputs) -> list[dict[str, Any]]:
+    """Columnar outputs → one JSON-ready dict per example."""
+    columns = {name: _jsonable(values) for name, values in outputs.items()}
+    count = len(next(iter(columns.values())))
+    return [{name: values[i] for name, values in columns.items()} for i in range(count)]
+
+
+def encode_v1(version: str, outputs: Outputs) -> PredictResponse:
+    return PredictResponse(predictions=rows(outputs), model_version=version)
+
+
+def decode_records(records: list[BaseModel], task: Task) -> np.ndarray:
+    if not records:
+        raise InvalidInput("no records to score")
+    return task.check_raw(task.records_to_raw(records))
+
+
+def _jsonable(values: np.ndarray) -> list[Any]:
+    if values.dtype == object:
+        return [str(v) for v in values]
+    return values.tolist()
+
+
+def parse_version(version: str | None) -> str | None:
+    if version is not None and not version.isdigit():
+        raise BadRequest(f"version must be a number, got '{version}'")
+    return version

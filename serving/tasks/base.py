@@ -1,0 +1,162 @@
+"""The contract every use case implements, from raw data to a served decision.
+
+A task turns *raw inputs* (the array a client sends on the V2 route: numbers in a
+documented column order, or strings) into model tensors (``preprocess``), builds the
+Keras model that training fits and exports, and turns scores into decisions
+(``postprocess``). Training and serving call the same ``preprocess``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel
+
+from serving.errors import InvalidInput
+from serving.protocol.codec import TensorSpec
+
+
+@dataclass
+class Dataset:
+    """Raw inputs (as served) and training targets, row-aligned."""
+
+    raw: np.ndarray
+    target: np.ndarray
+    source: str = "builtin"
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def take(self, index: np.ndarray) -> Dataset:
+        return Dataset(self.raw[index], self.target[index], self.source)
+
+
+@dataclass
+class Evaluation:
+    """A held-out metric next to the same metric for a trivial baseline."""
+
+    metric: str
+    value: float
+    baseline: float
+    baseline_name: str
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "value": round(self.value, 6),
+            "baseline": round(self.baseline, 6),
+            "baseline_name": self.baseline_name,
+            **{k: round(v, 6) for k, v in self.extra.items()},
+        }
+
+
+class Task(abc.ABC):
+    """One finance use case. Subclasses set the class attributes and the methods below."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    #: the task route is ``POST /v1/{model}/{route}``
+    route: ClassVar[str]
+    #: the named-field record the task route takes, one per example
+    Record: ClassVar[type[BaseModel]]
+    #: the raw input tensor (V2 input, V1 instance)
+    input_spec: ClassVar[TensorSpec]
+    #: the outputs ``postprocess`` returns, one entry per example each
+    output_specs: ClassVar[tuple[TensorSpec, ...]]
+    #: default training settings
+    default_epochs: ClassVar[int] = 5
+    batch_size: ClassVar[int] = 64
+    #: postprocessing options and their defaults (overridable per model in the Serve config)
+    default_options: ClassVar[dict[str, Any]] = {}
+
+    # --- data -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def sample_data(self, seed: int = 0, n: int | None = None) -> Dataset:
+        """The built-in training data (real data a package ships, or a seeded generator)."""
+
+    @abc.abstractmethod
+    def dataset_from_columns(self, columns: dict[str, list[Any]]) -> Dataset:
+        """Build a dataset from named columns (the user's CSV or Parquet file)."""
+
+    def load_data(self, path: str | Path) -> Dataset:
+        """Read the user's CSV or Parquet file; columns are documented in docs/models.md."""
+        from serving.data import read_table
+
+        dataset = self.dataset_from_columns(read_table(path))
+        dataset.source = str(path)
+        return dataset
+
+    def split(self, data: Dataset, seed: int = 0, holdout: float = 0.2) -> tuple[Dataset, Dataset]:
+        """Shuffled train / held-out split; tasks with time order override this."""
+        order = np.random.default_rng(seed).permutation(len(data))
+        cut = int(len(data) * (1 - holdout))
+        return data.take(order[:cut]), data.take(order[cut:])
+
+    # --- preprocessing ----------------------------------------------------------------
+    @abc.abstractmethod
+    def fit_preprocessing(self, train: Dataset) -> dict[str, Any]:
+        """Learn preprocessing parameters (JSON-serialisable) from training data only."""
+
+    @abc.abstractmethod
+    def preprocess(self, raw: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+        """Raw inputs (checked against ``input_spec``) to the model's input tensor."""
+
+    @abc.abstractmethod
+    def records_to_raw(self, records: list[BaseModel]) -> np.ndarray:
+        """Named-field records (task route) to the raw input array."""
+
+    def targets(self, data: Dataset, params: dict[str, Any]) -> np.ndarray:
+        """Training targets for the model's loss."""
+        return data.target
+
+    # --- model ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def build_model(self, params: dict[str, Any]) -> Any:
+        """A compiled Keras model taking ``preprocess`` output and returning scores."""
+
+    def model_input_spec(self, params: dict[str, Any]) -> Any:
+        """The ``tf.TensorSpec`` of the exported signature's input (named ``inputs``)."""
+        import tensorflow as tf
+
+        width = params.get("input_width")
+        dtype = tf.int32 if params.get("input_dtype") == "int32" else tf.float32
+        shape = [None] if width is None else [None, int(width)]
+        return tf.TensorSpec(shape, dtype, name="inputs")
+
+    # --- postprocessing and evaluation -------------------------------------------------
+    @abc.abstractmethod
+    def postprocess(
+        self, scores: np.ndarray, params: dict[str, Any], options: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """Model scores to named outputs (decisions, labels), one entry per example."""
+
+    @abc.abstractmethod
+    def evaluate(self, holdout: Dataset, scores: np.ndarray) -> Evaluation:
+        """Held-out metric of the exported model against a trivial baseline."""
+
+    # --- helpers shared by tasks ------------------------------------------------------
+    def options(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        """Postprocessing options: defaults, then the Serve config's overrides."""
+        unknown = set(overrides or {}) - set(self.default_options)
+        if unknown:
+            raise ValueError(
+                f"unknown postprocess option(s) for task '{self.name}': {sorted(unknown)}; "
+                f"known: {sorted(self.default_options)}"
+            )
+        return {**self.default_options, **(overrides or {})}
+
+    def check_raw(self, raw: np.ndarray) -> np.ndarray:
+        """Check a raw batch against ``input_spec`` (shape, datatype, finiteness)."""
+        array = self.input_spec.check(raw)
+        if self.input_spec.datatype == "BYTES":
+            return array
+        if array.dtype.kind not in "iuf":
+            raise InvalidInput(f"input '{self.input_spec.name}' must be numeric")
+        if not np.isfinite(array).all():
+            raise InvalidInput(f"input '{self.input_spec.name}' contains NaN or infinity")
+        return array.astype(np.float32, copy=False)

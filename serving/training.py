@@ -1,0 +1,150 @@
+"""The training lifecycle: data → preprocessing → model → held-out evaluation → new version.
+
+The held-out metric is computed on the *exported* SavedModel through the same signature
+the server calls, so the manifest describes exactly what is served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.store import SAVED_MODEL_DIR, Manifest, ModelStore, utc_now
+from serving.tasks import Dataset, Task, get_task
+
+SIGNATURE = "serving_default"
+#: progress callback: (epoch done, epochs, logs)
+Progress = Callable[[int, int, dict[str, float]], None]
+
+
+def data_digest(data: Dataset) -> str:
+    """sha256 of the raw inputs and targets, to tie a version to its training data."""
+    h = hashlib.sha256()
+    if data.raw.dtype == object:
+        for value in data.raw.reshape(-1):
+            h.update(str(value).encode())
+            h.update(b"\0")
+    else:
+        h.update(np.ascontiguousarray(data.raw).tobytes())
+    h.update(np.ascontiguousarray(data.target).tobytes())
+    return h.hexdigest()
+
+
+def stored_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Preprocessing parameters without runtime caches (keys starting with '_')."""
+    return {k: v for k, v in params.items() if not k.startswith("_")}
+
+
+def export_saved_model(task: Task, model: Any, params: dict[str, Any], path: Path) -> None:
+    """Write ``model`` as a SavedModel whose ``serving_default`` maps inputs → {scores}."""
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name=SIGNATURE,
+        fn=lambda inputs: {"scores": model(inputs, training=False)},
+        input_signature=[task.model_input_spec(params)],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def load_signature(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """Load a SavedModel's serving signature as a numpy → numpy function."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    signature = loaded.signatures[SIGNATURE]
+
+    def call(x: np.ndarray) -> np.ndarray:
+        return signature(inputs=tf.constant(x))["scores"].numpy()
+
+    call.loaded = loaded  # keep the trackable alive with the function
+    return call
+
+
+def predict_in_batches(call: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
+                       batch: int = 1024) -> np.ndarray:
+    return np.concatenate([call(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def train(
+    task_name: str,
+    store: ModelStore,
+    *,
+    model_name: str | None = None,
+    data_path: str | None = None,
+    epochs: int | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Train ``task_name`` on the built-in data or ``data_path`` and publish a new version."""
+    import keras
+    import tensorflow as tf
+
+    task = get_task(task_name)
+    model_name = model_name or task.name
+    keras.utils.set_random_seed(seed)
+    data = task.load_data(data_path) if data_path else task.sample_data(seed=seed, n=samples)
+    train_set, holdout = task.split(data, seed=seed)
+    params = task.fit_preprocessing(train_set)
+    x_train = task.preprocess(train_set.raw, params)
+    y_train = task.targets(train_set, params)
+
+    epochs = epochs or task.default_epochs
+    model = task.build_model(params)
+    callbacks = [_ProgressCallback(epochs, progress)] if progress else []
+    model.fit(
+        x_train, y_train, epochs=epochs, batch_size=task.batch_size, verbose=0,
+        callbacks=callbacks, shuffle=True,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="finserve-export-") as tmp:
+        export_dir = Path(tmp) / SAVED_MODEL_DIR
+        export_saved_model(task, model, params, export_dir)
+        served = load_signature(export_dir)
+        scores = predict_in_batches(served, task.preprocess(holdout.raw, params))
+        evaluation = task.evaluate(holdout, scores)
+        manifest = Manifest(
+            model=model_name,
+            task=task.name,
+            version=store.next_version(model_name),
+            created_at=utc_now(),
+            training_data={
+                "source": data.source,
+                "rows": len(data),
+                "train_rows": len(train_set),
+                "holdout_rows": len(holdout),
+                "sha256": data_digest(data),
+            },
+            artifact_sha256="",  # computed by the store over the files it publishes
+            metrics=evaluation.as_dict(),
+            preprocessing=stored_params(params),
+            training={"epochs": epochs, "seed": seed, "batch_size": task.batch_size},
+            framework={
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "python": platform.python_version(),
+            },
+        )
+        return store.publish(model_name, export_dir, manifest)
+
+
+class _ProgressCallback:
+    """Adapts Keras epoch ends to a plain progress function."""
+
+    def __new__(cls, epochs: int, progress: Progress):
+        import keras
+
+        class _Callback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+                progress(epoch + 1, epochs, dict(logs or {}))
+
+        return _Callback()

@@ -1,0 +1,48 @@
+"""Readiness is false while a model stage has no replica and true once it has loaded."""
+
+import httpx
+import pytest
+
+from tests.integration.conftest import app_args, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_ready_only_after_the_model_stage_has_loaded(ray_serve, tiny_store, base_url):
+    from ray import serve
+
+    from deployments.app import build_app
+
+    args = app_args(tiny_store.root, request_timeout_s=2)
+    args["models"] = [{"name": "sentiment", "model": {"num_cpus": 64}}]  # cannot be placed yet
+    deploy = lambda: serve.run_many(  # noqa: E731 - returns once the gateway exists
+        [serve.RunTarget(build_app(args), name="pending", route_prefix="/pending")],
+        wait_for_applications_running=False,
+    )
+    deploy()
+    url = f"http://127.0.0.1:{ray_serve}/pending"
+    try:
+        not_ready = wait_for(
+            lambda: (r := httpx.get(f"{url}/v2/health/ready", timeout=10)).status_code == 503
+            and r.json()
+        )
+        assert not_ready == {"ready": False, "models": {"sentiment": False}}
+        r = httpx.get(f"{url}/v2/models/sentiment/ready", timeout=10)
+        assert r.status_code == 503 and r.json()["ready"] is False
+        r = httpx.post(f"{url}/v1/sentiment/analyze", json={"records": [{"text": "bank"}]},
+                       timeout=10)
+        assert r.status_code == 504 and "did not answer" in r.json()["error"]
+
+        args["models"] = [{"name": "sentiment"}]  # now it fits: the replica starts and loads
+        deploy()
+        ready = wait_for(
+            lambda: (r := httpx.get(f"{url}/v2/health/ready", timeout=10)).status_code == 200
+            and r.json(), timeout=120,
+        )
+        assert ready == {"ready": True, "models": {"sentiment": True}}
+        r = httpx.post(f"{url}/v1/sentiment/analyze", json={"records": [{"text": "bank"}]},
+                       timeout=10)
+        assert r.status_code == 200
+    finally:
+        serve.delete("pending")
+    assert httpx.get(f"{base_url}/v2/health/ready", timeout=10).status_code == 200

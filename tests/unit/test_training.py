@@ -1,0 +1,68 @@
+"""Training lifecycle and the Model stage's batch function, on real SavedModels (no Ray)."""
+
+import numpy as np
+import pytest
+
+from serving import __version__
+from serving.errors import ModelNotReady, VersionNotFound
+from serving.runtime import ModelRunner, TaskSteps
+from serving.tasks import get_task
+from serving.training import load_signature
+
+
+def test_manifest_records_what_a_model_risk_team_asks_for(tiny_store):
+    m = tiny_store.manifest("fraud", "1")
+    assert (m.model, m.task, m.version) == ("fraud", "fraud", "1")
+    assert m.training_data["rows"] == 8000 and len(m.training_data["sha256"]) == 64
+    assert m.training_data["holdout_rows"] == 1600
+    assert m.metrics["metric"] == "roc_auc" and m.metrics["baseline"] == 0.5
+    assert m.metrics["value"] > 0.6  # the model learned something beyond the constant score
+    assert m.package_version == __version__
+    assert m.framework["tensorflow"].startswith("2.")
+    assert set(m.preprocessing) >= {"mean", "std", "features"}
+    assert not any(k.startswith("_") for k in m.preprocessing)
+    assert tiny_store.verify("fraud", "1")
+
+
+def test_each_training_run_is_a_new_version(tiny_store):
+    assert tiny_store.versions("fraud") == ["1", "2"]
+    one, two = tiny_store.manifest("fraud", "1"), tiny_store.manifest("fraud", "2")
+    assert one.artifact_sha256 != two.artifact_sha256
+    assert one.training_data["sha256"] != two.training_data["sha256"]  # other seed, other data
+
+
+def test_sentiment_beats_the_majority_class(tiny_store):
+    m = tiny_store.manifest("sentiment")
+    assert m.metrics["value"] > m.metrics["baseline"] + 0.2
+
+
+def _runner(store, model, versions):
+    runner = ModelRunner(store, model, model, versions, intra_op_threads=1)
+    runner.load()
+    return runner
+
+
+def test_batch_function_groups_by_version_and_matches_direct_calls(tiny_store):
+    runner = _runner(tiny_store, "fraud", ["1", "2"])
+    steps = TaskSteps(tiny_store, "fraud", "fraud", ["1", "2"])
+    raw = get_task("fraud").sample_data(seed=9, n=7).raw
+    requests = [("1", steps.preprocess("1", raw[:3])), ("2", steps.preprocess("2", raw[3:4])),
+                ("1", steps.preprocess("1", raw[4:]))]
+    results = runner.predict_batch(requests)
+    assert [len(r) for r in results] == [3, 1, 3]
+    for version, (_, x), got in zip(["1", "2", "1"], requests, results, strict=True):
+        direct = load_signature(tiny_store.local_path("fraud", version) / "saved_model")(x)
+        np.testing.assert_allclose(got, direct, rtol=1e-5)
+    assert not np.allclose(results[1], load_signature(
+        tiny_store.local_path("fraud", "1") / "saved_model")(requests[1][1]))
+
+
+def test_batch_function_refuses_unknown_versions_and_unloaded_models(tiny_store):
+    runner = ModelRunner(tiny_store, "fraud", "fraud", ["1"])
+    x = np.zeros((1, 11), np.float32)
+    with pytest.raises(ModelNotReady):
+        runner.predict_batch([("1", x)])
+    runner.load()
+    assert runner.ready and runner.digests["1"] == tiny_store.manifest("fraud", "1").artifact_sha256
+    with pytest.raises(VersionNotFound):
+        runner.predict_batch([("5", x)])
