@@ -34,7 +34,7 @@ from serving.protocol.v2 import (
     ServerMetadata,
 )
 from serving.store import Manifest, ModelStore
-from serving.tasks import Task, get_task
+from serving.tasks import Step, Task, get_task
 
 READY_TIMEOUT_S = 2.0
 
@@ -50,6 +50,10 @@ class Served:
     preprocess: DeploymentHandle
     model: DeploymentHandle
     postprocess: DeploymentHandle
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.task.options(self.settings.options)
 
     def version(self, requested: str | None) -> str:
         if requested is None:
@@ -80,6 +84,7 @@ class Answer(BaseModel):
     version: str
     request_id: str
     results: list[dict[str, Any]]
+    summary: dict[str, Any] | None = Field(None, description="About the whole request.")
 
 
 @serve.deployment
@@ -109,12 +114,15 @@ class Gateway:
         except KeyError:
             raise ModelNotFound(model) from None
 
-    async def run(self, served: Served, version: str, raw: np.ndarray) -> dict[str, np.ndarray]:
+    async def run(
+        self, served: Served, version: str, raw: np.ndarray, parameters: dict[str, Any] | None
+    ) -> dict[str, np.ndarray]:
         """Preprocess → Model → Postprocess, chained without awaiting the middle stages."""
         dataplane.check_size(raw, self.args.limits.max_instances)
+        parameters = served.task.parameters(parameters)
         x = served.preprocess.remote(version, raw)
         scores = served.model.remote(version, x)
-        outputs = served.postprocess.remote(version, scores)
+        outputs = served.postprocess.remote(version, scores, parameters)
         timeout = self.args.limits.request_timeout_s
         try:
             return await asyncio.wait_for(outputs, timeout=timeout)
@@ -192,7 +200,7 @@ class Gateway:
             served = self.served(model)
             version = served.version(version)
             raw = dataplane.decode_v2(body, served.task)
-            outputs = await self.run(served, version, raw)
+            outputs = await self.run(served, version, raw, body.parameters)
             return dataplane.encode_v2(served.task, model, version, outputs, body)
 
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
@@ -225,7 +233,7 @@ class Gateway:
             served = self.served(model)
             version = served.version(version)
             raw = dataplane.decode_v1(body, served.task)
-            outputs = await self.run(served, version, raw)
+            outputs = await self.run(served, version, raw, body.parameters)
             return dataplane.encode_v1(version, outputs)
 
         for prefix in ("/v1/models/{model}", "/v1/models/{model}/versions/{version}"):
@@ -244,6 +252,10 @@ class Gateway:
                 list[task.Record],  # type: ignore[name-defined]
                 Field(min_length=1, description=f"One {task.Record.__name__} per example."),
             ),
+            parameters=(
+                task.Parameters | None if task.Parameters else None,  # type: ignore[operator]
+                Field(None, description="Per-request parameters of this task."),
+            ),
         )
 
         async def handle(
@@ -253,10 +265,12 @@ class Gateway:
         ) -> Answer:
             version_ = served.version(version)
             raw = dataplane.decode_records(body.records, task)
-            outputs = await self.run(served, version_, raw)
+            parameters = task.parameters(body.parameters)
+            outputs = await self.run(served, version_, raw, parameters)
             return Answer(
                 model=name, version=version_, request_id=request_id(request),
                 results=dataplane.rows(outputs),
+                summary=task.summarize(outputs, Step({}, served.options, parameters)),
             )
 
         app.add_api_route(

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from serving.runtime import ModelRunner, TaskSteps
+from serving.runtime import Batch, ModelRunner, TaskSteps
 from serving.store import ModelStore
 
 
@@ -18,7 +18,7 @@ class Preprocess:
     def __init__(self, store_uri: str, model: str, task: str, versions: list[str]) -> None:
         self.steps = TaskSteps(ModelStore(store_uri), model, task, versions)
 
-    def __call__(self, version: str, raw: np.ndarray) -> np.ndarray:
+    def __call__(self, version: str, raw: np.ndarray) -> Batch:
         return self.steps.preprocess(version, raw)
 
 
@@ -32,8 +32,10 @@ class Postprocess:
     ) -> None:
         self.steps = TaskSteps(ModelStore(store_uri), model, task, versions, options)
 
-    def __call__(self, version: str, scores: np.ndarray) -> dict[str, np.ndarray]:
-        return self.steps.postprocess(version, scores)
+    def __call__(
+        self, version: str, batch: Batch, parameters: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        return self.steps.postprocess(version, batch, parameters)
 
 
 @serve.deployment
@@ -64,5 +66,5 @@ class Model:
     async def predict(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
         return self.runner.predict_batch(requests)
 
-    async def __call__(self, version: str, x: np.ndarray) -> np.ndarray:
-        return await self.predict((version, x))
+    async def __call__(self, version: str, batch: Batch) -> Batch:
+        return Batch(await self.predict((version, batch.data)), batch.context)

@@ -6,16 +6,26 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from serving.errors import ModelNotReady, VersionNotFound
 from serving.store import SAVED_MODEL_DIR, ModelStore
-from serving.tasks import Task, get_task
+from serving.tasks import Step, Task, get_task
 from serving.training import load_signature
 
 log = logging.getLogger("finserve.runtime")
+
+
+@dataclass
+class Batch:
+    """What travels between stages: model inputs (then outputs) and the context that
+    Preprocess hands to Postprocess past the model."""
+
+    data: Any
+    context: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class TaskSteps:
@@ -36,11 +46,15 @@ class TaskSteps:
         except KeyError:
             raise VersionNotFound(self.model, version, list(self.params)) from None
 
-    def preprocess(self, version: str, raw: np.ndarray) -> np.ndarray:
-        return self.task.preprocess(raw, self._params(version))
+    def preprocess(self, version: str, raw: np.ndarray) -> Batch:
+        params = self._params(version)
+        return Batch(self.task.preprocess(raw, params), self.task.context(raw, params))
 
-    def postprocess(self, version: str, scores: np.ndarray) -> dict[str, np.ndarray]:
-        return self.task.postprocess(scores, self._params(version), self.options)
+    def postprocess(
+        self, version: str, batch: Batch, parameters: dict[str, Any] | None = None
+    ) -> dict[str, np.ndarray]:
+        step = Step(self._params(version), self.options, parameters or {}, batch.context)
+        return self.task.postprocess(batch.data, step)
 
 
 class ModelRunner:
@@ -85,11 +99,13 @@ class ModelRunner:
         self.load_seconds = time.perf_counter() - start
         log.info("%s: loaded versions %s in %.1fs", self.model, self.versions, self.load_seconds)
 
-    def predict_batch(self, requests: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:
+    def predict_batch(
+        self, requests: list[tuple[str, np.ndarray]]
+    ) -> list[dict[str, np.ndarray]]:
         """Predict a list of (version, inputs) with one signature call per version."""
         if not self.ready:
             raise ModelNotReady(f"model '{self.model}' is still loading")
-        results: list[np.ndarray] = [np.empty(0)] * len(requests)
+        results: list[dict[str, np.ndarray]] = [{} for _ in requests]
         by_version: dict[str, list[int]] = {}
         for i, (version, _) in enumerate(requests):
             by_version.setdefault(version, []).append(i)
@@ -98,10 +114,11 @@ class ModelRunner:
             if call is None:
                 raise VersionNotFound(self.model, version, self.versions)
             arrays = [requests[i][1] for i in indices]
-            scores = call(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
+            outputs = call(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
             bounds = np.cumsum([len(a) for a in arrays])[:-1]
-            for i, part in zip(indices, np.split(scores, bounds), strict=True):
-                results[i] = part
+            for name, values in outputs.items():
+                for i, part in zip(indices, np.split(values, bounds), strict=True):
+                    results[i][name] = part
         return results
 
 

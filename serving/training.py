@@ -42,36 +42,38 @@ def stored_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_saved_model(task: Task, model: Any, params: dict[str, Any], path: Path) -> None:
-    """Write ``model`` as a SavedModel whose ``serving_default`` maps inputs → {scores}."""
+    """Write ``model`` as a SavedModel whose ``serving_default`` maps ``inputs`` to the
+    task's named outputs (``scores`` and any others)."""
     import keras
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
         name=SIGNATURE,
-        fn=lambda inputs: {"scores": model(inputs, training=False)},
+        fn=task.serving_outputs(model, params),
         input_signature=[task.model_input_spec(params)],
     )
     archive.write_out(str(path), verbose=False)
 
 
-def load_signature(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
-    """Load a SavedModel's serving signature as a numpy → numpy function."""
+def load_signature(path: str | Path) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """Load a SavedModel's serving signature as a numpy → {name: numpy} function."""
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(path))
     signature = loaded.signatures[SIGNATURE]
 
-    def call(x: np.ndarray) -> np.ndarray:
-        return signature(inputs=tf.constant(x))["scores"].numpy()
+    def call(x: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: t.numpy() for name, t in signature(inputs=tf.constant(x)).items()}
 
     call.loaded = loaded  # keep the trackable alive with the function
     return call
 
 
-def predict_in_batches(call: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
-                       batch: int = 1024) -> np.ndarray:
-    return np.concatenate([call(x[i : i + batch]) for i in range(0, len(x), batch)])
+def predict_in_batches(call: Callable[[np.ndarray], dict[str, np.ndarray]], x: np.ndarray,
+                       batch: int = 1024) -> dict[str, np.ndarray]:
+    parts = [call(x[i : i + batch]) for i in range(0, len(x), batch)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def train(
@@ -110,8 +112,8 @@ def train(
         export_dir = Path(tmp) / SAVED_MODEL_DIR
         export_saved_model(task, model, params, export_dir)
         served = load_signature(export_dir)
-        scores = predict_in_batches(served, task.preprocess(holdout.raw, params))
-        evaluation = task.evaluate(holdout, scores)
+        outputs = predict_in_batches(served, task.preprocess(holdout.raw, params))
+        evaluation = task.evaluate(holdout, outputs, params)
         manifest = Manifest(
             model=model_name,
             task=task.name,

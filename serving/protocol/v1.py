@@ -23,6 +23,9 @@ class PredictRequest(BaseModel):
     signature_name: str | None = None
     instances: list[Any] | None = Field(default=None, description="Row form.")
     inputs: Any | None = Field(default=None, description="Columnar form.")
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="Per-request parameters of the model's task (extension)."
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> PredictRequest:

@@ -1,15 +1,30 @@
 """The use cases FinServe trains and serves; one module per task.
 
-Adding a task is adding a module with a ``Task`` subclass and an entry in ``TASKS``.
+Adding a task is adding a module here with a ``Task`` subclass: it is found by name.
 """
 
 from __future__ import annotations
 
-from serving.tasks.base import Dataset, Evaluation, Task
-from serving.tasks.fraud import FraudTask
-from serving.tasks.sentiment import SentimentTask
+import importlib
+import pkgutil
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (FraudTask, SentimentTask)}
+from serving.tasks.base import Dataset, Evaluation, Step, Task
+
+
+def _discover() -> dict[str, type[Task]]:
+    found: dict[str, type[Task]] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_") or info.name == "base":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, Task) and value is not Task
+                    and value.__module__ == module.__name__):
+                found[value.name] = value
+    return dict(sorted(found.items()))
+
+
+TASKS: dict[str, type[Task]] = _discover()
 
 
 def get_task(name: str) -> Task:
@@ -17,7 +32,7 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]()
     except KeyError:
-        raise KeyError(f"unknown task '{name}'; known tasks: {', '.join(sorted(TASKS))}") from None
+        raise KeyError(f"unknown task '{name}'; known tasks: {', '.join(TASKS)}") from None
 
 
-__all__ = ["TASKS", "Dataset", "Evaluation", "Task", "get_task"]
+__all__ = ["TASKS", "Dataset", "Evaluation", "Step", "Task", "get_task"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from serving.errors import InvalidInput
 from serving.protocol.codec import TensorSpec
@@ -33,6 +33,16 @@ class Dataset:
 
     def take(self, index: np.ndarray) -> Dataset:
         return Dataset(self.raw[index], self.target[index], self.source)
+
+
+@dataclass
+class Step:
+    """What postprocessing knows besides the model outputs."""
+
+    params: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +83,9 @@ class Task(abc.ABC):
     batch_size: ClassVar[int] = 64
     #: postprocessing options and their defaults (overridable per model in the Serve config)
     default_options: ClassVar[dict[str, Any]] = {}
+    #: per-request parameters (V2 ``parameters``, V1 ``parameters``, task route
+    #: ``parameters``), validated at the gateway; None when the task takes none
+    Parameters: ClassVar[type[BaseModel] | None] = None
 
     # --- data -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -110,6 +123,11 @@ class Task(abc.ABC):
     def records_to_raw(self, records: list[BaseModel]) -> np.ndarray:
         """Named-field records (task route) to the raw input array."""
 
+    def context(self, raw: np.ndarray, params: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Per-example values the Preprocess stage hands to ``postprocess`` past the model
+        (a forecast's last price, whether a customer is known); none by default."""
+        return {}
+
     def targets(self, data: Dataset, params: dict[str, Any]) -> np.ndarray:
         """Training targets for the model's loss."""
         return data.target
@@ -118,6 +136,18 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def build_model(self, params: dict[str, Any]) -> Any:
         """A compiled Keras model taking ``preprocess`` output and returning scores."""
+
+    def serving_outputs(self, model: Any, params: dict[str, Any]) -> Any:
+        """The exported signature's body: model inputs → a dict of named output tensors.
+
+        ``scores`` by default; a task adds outputs computed on the served model itself
+        (attributions for reason codes, for example).
+        """
+
+        def outputs(inputs: Any) -> dict[str, Any]:
+            return {"scores": model(inputs, training=False)}
+
+        return outputs
 
     def model_input_spec(self, params: dict[str, Any]) -> Any:
         """The ``tf.TensorSpec`` of the exported signature's input (named ``inputs``)."""
@@ -130,16 +160,33 @@ class Task(abc.ABC):
 
     # --- postprocessing and evaluation -------------------------------------------------
     @abc.abstractmethod
-    def postprocess(
-        self, scores: np.ndarray, params: dict[str, Any], options: dict[str, Any]
-    ) -> dict[str, np.ndarray]:
-        """Model scores to named outputs (decisions, labels), one entry per example."""
+    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
+        """Model outputs (``scores`` and any others) to named answers, one entry per example."""
 
     @abc.abstractmethod
-    def evaluate(self, holdout: Dataset, scores: np.ndarray) -> Evaluation:
+    def evaluate(self, holdout: Dataset, outputs: dict[str, np.ndarray],
+                 params: dict[str, Any]) -> Evaluation:
         """Held-out metric of the exported model against a trivial baseline."""
 
+    def summarize(self, answers: dict[str, np.ndarray], step: Step) -> dict[str, Any] | None:
+        """An answer about the whole request on the task route (a cheque's amount); none
+        by default."""
+        return None
+
     # --- helpers shared by tasks ------------------------------------------------------
+    def parameters(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        """Validate per-request parameters against ``Parameters``; defaults filled in."""
+        if self.Parameters is None:
+            if given:
+                raise InvalidInput(f"model task '{self.name}' takes no parameters")
+            return {}
+        try:
+            return self.Parameters.model_validate(given or {}).model_dump()
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidInput(f"parameters.{where}: {first['msg']}") from None
+
     def options(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
         """Postprocessing options: defaults, then the Serve config's overrides."""
         unknown = set(overrides or {}) - set(self.default_options)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.data import require_columns
 from serving.errors import InvalidInput
 from serving.protocol.codec import TensorSpec
-from serving.tasks.base import Dataset, Evaluation, Task
+from serving.tasks.base import Dataset, Evaluation, Step, Task
 
 #: Raw feature order on the V2 and V1 routes.
 FEATURES: tuple[str, ...] = (
@@ -161,10 +161,9 @@ class FraudTask(Task):
         model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
         return model
 
-    def postprocess(
-        self, scores: np.ndarray, params: dict[str, Any], options: dict[str, Any]
-    ) -> dict[str, np.ndarray]:
-        p = scores.reshape(-1).astype(np.float32)
+    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
+        options = step.options
+        p = outputs["scores"].reshape(-1).astype(np.float32)
         decision = np.where(
             p >= options["block_threshold"],
             "block",
@@ -172,11 +171,12 @@ class FraudTask(Task):
         ).astype(object)
         return {"fraud_probability": p, "decision": decision}
 
-    def evaluate(self, holdout: Dataset, scores: np.ndarray) -> Evaluation:
+    def evaluate(self, holdout: Dataset, outputs: dict[str, np.ndarray],
+                 params: dict[str, Any]) -> Evaluation:
         from sklearn.metrics import average_precision_score, roc_auc_score
 
         y = holdout.target
-        p = scores.reshape(-1)
+        p = outputs["scores"].reshape(-1)
         return Evaluation(
             metric="roc_auc",
             value=float(roc_auc_score(y, p)),

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.data import require_columns
 from serving.errors import InvalidInput
 from serving.protocol.codec import TensorSpec
-from serving.tasks.base import Dataset, Evaluation, Task
+from serving.tasks.base import Dataset, Evaluation, Step, Task
 
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 PAD, OOV = 0, 1
@@ -181,14 +181,14 @@ class SentimentTask(Task):
         )
         return model
 
-    def postprocess(
-        self, scores: np.ndarray, params: dict[str, Any], options: dict[str, Any]
-    ) -> dict[str, np.ndarray]:
-        probs = scores.astype(np.float32)
-        labels = np.array(params["labels"], dtype=object)[probs.argmax(axis=1)]
+    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
+        probs = outputs["scores"].astype(np.float32)
+        labels = np.array(step.params["labels"], dtype=object)[probs.argmax(axis=1)]
         return {"probabilities": probs, "label": labels}
 
-    def evaluate(self, holdout: Dataset, scores: np.ndarray) -> Evaluation:
+    def evaluate(self, holdout: Dataset, outputs: dict[str, np.ndarray],
+                 params: dict[str, Any]) -> Evaluation:
+        scores = outputs["scores"]
         y = holdout.target
         majority = np.bincount(y, minlength=len(LABELS)).max() / len(y)
         return Evaluation(

@@ -46,15 +46,16 @@ def test_batch_function_groups_by_version_and_matches_direct_calls(tiny_store):
     runner = _runner(tiny_store, "fraud", ["1", "2"])
     steps = TaskSteps(tiny_store, "fraud", "fraud", ["1", "2"])
     raw = get_task("fraud").sample_data(seed=9, n=7).raw
-    requests = [("1", steps.preprocess("1", raw[:3])), ("2", steps.preprocess("2", raw[3:4])),
-                ("1", steps.preprocess("1", raw[4:]))]
+    requests = [("1", steps.preprocess("1", raw[:3]).data),
+                ("2", steps.preprocess("2", raw[3:4]).data),
+                ("1", steps.preprocess("1", raw[4:]).data)]
     results = runner.predict_batch(requests)
-    assert [len(r) for r in results] == [3, 1, 3]
+    assert [len(r["scores"]) for r in results] == [3, 1, 3]
     for version, (_, x), got in zip(["1", "2", "1"], requests, results, strict=True):
         direct = load_signature(tiny_store.local_path("fraud", version) / "saved_model")(x)
-        np.testing.assert_allclose(got, direct, rtol=1e-5)
-    assert not np.allclose(results[1], load_signature(
-        tiny_store.local_path("fraud", "1") / "saved_model")(requests[1][1]))
+        np.testing.assert_allclose(got["scores"], direct["scores"], rtol=1e-5)
+    other = load_signature(tiny_store.local_path("fraud", "1") / "saved_model")(requests[1][1])
+    assert not np.allclose(results[1]["scores"], other["scores"])
 
 
 def test_batch_function_refuses_unknown_versions_and_unloaded_models(tiny_store):
