@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.data import require_columns
 from serving.errors import InvalidInput
 from serving.protocol.codec import TensorSpec
+from serving.tasks._explain import integrated_gradients, rank_reasons
 from serving.tasks.base import Dataset, Evaluation, Step, Task
 
 HOME = ("rent", "mortgage", "own")
@@ -55,7 +56,6 @@ REASONS: dict[str, tuple[str, str]] = {
 }
 GRADES: tuple[tuple[str, float], ...] = (("A", 0.05), ("B", 0.10), ("C", 0.20), ("D", 0.35))
 MAX_REASONS = 4
-IG_STEPS = 32
 
 
 class Applicant(BaseModel):
@@ -239,24 +239,7 @@ class CreditTask(Task):
 
     def serving_outputs(self, model: Any, params: dict[str, Any]) -> Any:
         """Scores and integrated-gradients attributions against the reference applicant."""
-        import tensorflow as tf
-
-        reference = tf.constant([params["reference_input"]], tf.float32)
-        alphas = tf.reshape(tf.linspace(0.0, 1.0, IG_STEPS + 1), [-1, 1, 1])
-
-        def outputs(inputs: Any) -> dict[str, Any]:
-            scores = model(inputs, training=False)
-            delta = inputs - reference
-            path = tf.reshape(reference[None] + alphas * delta[None], [-1, inputs.shape[-1]])
-            with tf.GradientTape() as tape:
-                tape.watch(path)
-                probability = model(path, training=False)
-            grads = tf.reshape(tape.gradient(probability, path), [IG_STEPS + 1, -1,
-                                                                   inputs.shape[-1]])
-            average = tf.reduce_mean((grads[:-1] + grads[1:]) / 2.0, axis=0)  # trapezoid rule
-            return {"scores": scores, "attributions": delta * average}
-
-        return outputs
+        return integrated_gradients(model, params["reference_input"])
 
     # --- postprocessing -------------------------------------------------------------------
     def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
@@ -267,15 +250,8 @@ class CreditTask(Task):
         grade = np.full(len(p), "E", dtype=object)
         for letter, bound in reversed(GRADES):
             grade[p < bound] = letter
-        by_feature = feature_attributions(outputs["attributions"])
-        codes = np.full((len(p), MAX_REASONS), "", dtype=object)
-        statements = np.full((len(p), MAX_REASONS), "", dtype=object)
-        names = list(by_feature)
-        matrix = np.column_stack([by_feature[n] for n in names])
-        for row in range(len(p)):
-            ranked = [names[i] for i in np.argsort(-matrix[row]) if matrix[row, i] > 1e-4]
-            for slot, name in enumerate(ranked[:MAX_REASONS]):
-                codes[row, slot], statements[row, slot] = REASONS[name]
+        codes, statements = rank_reasons(outputs.get("attributions"), len(p), COLUMNS,
+                                         REASONS, MAX_REASONS)
         return {"default_probability": p, "grade": grade, "decision": decision.astype(object),
                 "reason_codes": codes, "reasons": statements}
 
@@ -290,11 +266,3 @@ class CreditTask(Task):
             baseline=0.5, baseline_name="constant score",
             extra={"dti_only_roc_auc": float(dti_only), "default_rate": float(y.mean())},
         )
-
-
-def feature_attributions(attributions: np.ndarray) -> dict[str, np.ndarray]:
-    """Per raw feature: the sum of its model columns' attributions (one-hot groups summed)."""
-    out: dict[str, np.ndarray] = {}
-    for column, name in enumerate(COLUMNS):
-        out[name] = out.get(name, 0) + attributions[:, column]
-    return out

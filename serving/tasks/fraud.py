@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.data import require_columns
 from serving.errors import InvalidInput
 from serving.protocol.codec import TensorSpec
+from serving.tasks._explain import integrated_gradients, rank_reasons
 from serving.tasks.base import Dataset, Evaluation, Step, Task
 
 #: Raw feature order on the V2 and V1 routes.
@@ -29,6 +30,21 @@ FEATURES: tuple[str, ...] = (
     "amount_to_avg",
 )
 _LOG_FEATURES = ("amount", "distance_km", "account_age_days", "amount_to_avg", "velocity_1h")
+#: the raw feature behind each model column (hour is also encoded as sine and cosine)
+COLUMNS: tuple[str, ...] = (*FEATURES, "hour", "hour")
+#: why a transaction was sent to review or blocked
+REASONS: dict[str, tuple[str, str]] = {
+    "amount": ("F01", "Transaction amount"),
+    "hour": ("F02", "Unusual time of day"),
+    "merchant_risk": ("F03", "High-risk merchant category"),
+    "distance_km": ("F04", "Far from the cardholder's home"),
+    "velocity_1h": ("F05", "Many card transactions in the last hour"),
+    "card_present": ("F06", "Card not present"),
+    "foreign": ("F07", "Foreign merchant"),
+    "account_age_days": ("F08", "New account"),
+    "amount_to_avg": ("F09", "Amount far above the customer's usual spending"),
+}
+MAX_REASONS = 3
 
 
 class Transaction(BaseModel):
@@ -98,6 +114,8 @@ class FraudTask(Task):
     output_specs = (
         TensorSpec("fraud_probability", "FP32", (-1,), "probability the transaction is fraud"),
         TensorSpec("decision", "BYTES", (-1,), "approve, review or block"),
+        TensorSpec("reason_codes", "BYTES", (-1, MAX_REASONS), "for review and block; '' pads"),
+        TensorSpec("reasons", "BYTES", (-1, MAX_REASONS), "statements of the reason codes"),
     )
     default_epochs = 8
     batch_size = 256
@@ -125,13 +143,19 @@ class FraudTask(Task):
 
     def fit_preprocessing(self, train: Dataset) -> dict[str, Any]:
         x = self._transform(train.raw)
-        return {
+        params = {
             "features": list(FEATURES),
             "mean": x.mean(axis=0).round(6).tolist(),
             "std": (x.std(axis=0) + 1e-6).round(6).tolist(),
             "input_width": x.shape[1],
             "fraud_rate": float(train.target.mean()),
+            "reference_transaction": dict(
+                zip(FEATURES, np.median(train.raw, axis=0).astype(float).tolist(), strict=True)
+            ),
         }
+        reference = np.array([list(params["reference_transaction"].values())], np.float32)
+        params["reference_input"] = self.preprocess(reference, params)[0].round(6).tolist()
+        return params
 
     @staticmethod
     def _transform(raw: np.ndarray) -> np.ndarray:
@@ -161,6 +185,12 @@ class FraudTask(Task):
         model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
         return model
 
+    def serving_outputs(self, model: Any, params: dict[str, Any]) -> Any:
+        """Scores and attributions against the median (reference) transaction."""
+        if "reference_input" not in params:
+            return super().serving_outputs(model, params)
+        return integrated_gradients(model, params["reference_input"])
+
     def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
         options = step.options
         p = outputs["scores"].reshape(-1).astype(np.float32)
@@ -169,7 +199,10 @@ class FraudTask(Task):
             "block",
             np.where(p >= options["review_threshold"], "review", "approve"),
         ).astype(object)
-        return {"fraud_probability": p, "decision": decision}
+        codes, texts = rank_reasons(outputs.get("attributions"), len(p), COLUMNS, REASONS,
+                                    MAX_REASONS, mask=decision != "approve")
+        return {"fraud_probability": p, "decision": decision, "reason_codes": codes,
+                "reasons": texts}
 
     def evaluate(self, holdout: Dataset, outputs: dict[str, np.ndarray],
                  params: dict[str, Any]) -> Evaluation:

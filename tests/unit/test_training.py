@@ -67,3 +67,20 @@ def test_batch_function_refuses_unknown_versions_and_unloaded_models(tiny_store)
     assert runner.ready and runner.digests["1"] == tiny_store.manifest("fraud", "1").artifact_sha256
     with pytest.raises(VersionNotFound):
         runner.predict_batch([("5", x)])
+
+
+def test_fraud_reviews_and_blocks_carry_reasons_from_the_served_model(tiny_store):
+    from serving.tasks.fraud import REASONS
+
+    runner = _runner(tiny_store, "fraud", ["2"])
+    steps = TaskSteps(tiny_store, "fraud", "fraud", ["2"])
+    ordinary = [24.5, 14, 0.1, 3.2, 0, 1, 0, 1500, 0.9]
+    risky = [950.0, 3, 0.9, 1200.0, 6, 0, 1, 20, 7.5]
+    batch = steps.preprocess("2", np.array([ordinary, risky], np.float32))
+    batch.data = runner.predict_batch([("2", batch.data)])[0]
+    answers = steps.postprocess("2", batch)
+    assert answers["decision"].tolist()[0] == "approve"
+    assert answers["decision"].tolist()[1] in ("review", "block")
+    assert (answers["reason_codes"][0] == "").all()  # approvals carry no reasons
+    codes = [c for c in answers["reason_codes"][1] if c]
+    assert codes and set(codes) <= {code for code, _ in REASONS.values()}
