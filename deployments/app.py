@@ -42,22 +42,28 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
                 f"Train it first: finserve train {m.task_name} --store {args.store_uri}"
             ) from exc
         versions[m.name] = list(dict.fromkeys(resolved))
-        common = {"store_uri": args.store_uri, "model": m.name, "task": m.task_name,
-                  "versions": versions[m.name]}
-        batching = m.model.model_dump(
-            include={"max_batch_size", "batch_wait_timeout_s", "intra_op_threads",
-                     "inter_op_threads"}
-        )
+        init = {"store_uri": args.store_uri, "model": m.name, "task": m.task_name}
+        steps_config = {"versions": versions[m.name], "options": m.options}
+        model_config = {"versions": versions[m.name], **m.model.model_dump(
+            include={"max_batch_size", "batch_wait_timeout_s"})}
+        threads = m.model.model_dump(include={"intra_op_threads", "inter_op_threads"})
         handles[m.name] = {
             "preprocess": Preprocess.options(
-                **m.preprocess.deployment_options(f"{m.name}-preprocess")
-            ).bind(**common),
-            "model": Model.options(**m.model.deployment_options(f"{m.name}-model")).bind(
-                **common, batching=batching
-            ),
+                **m.preprocess.deployment_options(f"{m.name}-preprocess"),
+                user_config=steps_config,
+            ).bind(**init),
+            "model": Model.options(
+                **m.model.deployment_options(f"{m.name}-model"), user_config=model_config
+            ).bind(**init, threads=threads),
             "postprocess": Postprocess.options(
-                **m.postprocess.deployment_options(f"{m.name}-postprocess")
-            ).bind(**common, options=m.options),
+                **m.postprocess.deployment_options(f"{m.name}-postprocess"),
+                user_config=steps_config,
+            ).bind(**init),
         }
-    gateway = Gateway.options(**args.gateway.deployment_options("gateway"))
-    return gateway.bind(args.model_dump(), versions, handles)
+    gateway = Gateway.options(
+        **args.gateway.deployment_options("gateway"), user_config={"versions": versions}
+    )
+    static = args.model_dump()
+    for model in static["models"]:  # versions live in user_config: changed in place
+        model.pop("versions")
+    return gateway.bind(static, handles)

@@ -5,7 +5,7 @@ Routes: Open Inference Protocol V2, TF-Serving REST V1, and one task route per m
 """
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,6 @@ from serving.protocol.v2 import (
     ModelMetadata,
     ServerMetadata,
 )
-from serving.store import Manifest, ModelStore
 from serving.tasks import Step, Task, get_task
 
 READY_TIMEOUT_S = 2.0
@@ -45,11 +44,10 @@ class Served:
 
     settings: ModelSettings
     task: Task
-    versions: list[str]
-    manifests: dict[str, Manifest]
     preprocess: DeploymentHandle
     model: DeploymentHandle
     postprocess: DeploymentHandle
+    versions: list[str] = field(default_factory=list)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -92,20 +90,18 @@ class Answer(BaseModel):
 class Gateway:
     """HTTP ingress of every served model."""
 
-    def __init__(self, args: dict[str, Any], versions: dict[str, list[str]],
+    def __init__(self, args: dict[str, Any],
                  handles: dict[str, dict[str, DeploymentHandle]]) -> None:
         self.args = AppArgs.model_validate(args)
-        store = ModelStore(self.args.store_uri)
-        self.models: dict[str, Served] = {}
-        for settings in self.args.models:
-            name = settings.name
-            self.models[name] = Served(
-                settings=settings,
-                task=get_task(settings.task_name),
-                versions=versions[name],
-                manifests={v: store.manifest(name, v) for v in versions[name]},
-                **handles[name],
-            )
+        self.models: dict[str, Served] = {
+            m.name: Served(settings=m, task=get_task(m.task_name), **handles[m.name])
+            for m in self.args.models
+        }
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Served versions per model, the first answering requests that name none."""
+        for name, versions in config["versions"].items():
+            self.models[name].versions = list(versions)
 
     # --- pipeline ---------------------------------------------------------------------
     def served(self, model: str) -> Served:

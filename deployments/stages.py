@@ -1,4 +1,8 @@
-"""The three stage deployments of a model's pipeline: thin adapters over serving.runtime."""
+"""The three stage deployments of a model's pipeline: thin adapters over serving.runtime.
+
+Versions, batching and postprocessing options arrive as ``user_config``, so changing them
+reconfigures running replicas in place (``reconfigure``) instead of replacing them.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +15,27 @@ from serving.runtime import Batch, ModelRunner, TaskSteps
 from serving.store import ModelStore
 
 
-@serve.deployment
-class Preprocess:
-    """Raw records → model tensors (``task.preprocess``) for a model's served versions."""
+class _Steps:
+    """A model's task steps, configured with its versions and options."""
 
-    def __init__(self, store_uri: str, model: str, task: str, versions: list[str]) -> None:
-        self.steps = TaskSteps(ModelStore(store_uri), model, task, versions)
+    def __init__(self, store_uri: str, model: str, task: str) -> None:
+        self.steps = TaskSteps(ModelStore(store_uri), model, task, [])
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self.steps.configure(config["versions"], config.get("options"))
+
+
+@serve.deployment
+class Preprocess(_Steps):
+    """Raw records → model tensors (``task.preprocess``) for a model's versions."""
 
     def __call__(self, version: str, raw: np.ndarray) -> Batch:
         return self.steps.preprocess(version, raw)
 
 
 @serve.deployment
-class Postprocess:
-    """Scores → decisions and labels (``task.postprocess``)."""
-
-    def __init__(
-        self, store_uri: str, model: str, task: str, versions: list[str],
-        options: dict[str, Any],
-    ) -> None:
-        self.steps = TaskSteps(ModelStore(store_uri), model, task, versions, options)
+class Postprocess(_Steps):
+    """Model outputs → decisions, labels and reasons (``task.postprocess``)."""
 
     def __call__(
         self, version: str, batch: Batch, parameters: dict[str, Any]
@@ -40,20 +45,20 @@ class Postprocess:
 
 @serve.deployment
 class Model:
-    """SavedModel signatures of a model's served versions behind ``@serve.batch``."""
+    """SavedModel signatures of a model's versions behind ``@serve.batch``."""
 
-    def __init__(
-        self, store_uri: str, model: str, task: str, versions: list[str],
-        batching: dict[str, Any],
-    ) -> None:
+    def __init__(self, store_uri: str, model: str, task: str, threads: dict[str, Any]) -> None:
         self.runner = ModelRunner(
-            ModelStore(store_uri), model, task, versions,
-            intra_op_threads=batching.get("intra_op_threads"),
-            inter_op_threads=batching.get("inter_op_threads"),
+            ModelStore(store_uri), model, task, [],
+            intra_op_threads=threads.get("intra_op_threads"),
+            inter_op_threads=threads.get("inter_op_threads"),
         )
-        self.predict.set_max_batch_size(batching["max_batch_size"])
-        self.predict.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
-        self.runner.load()  # Serve routes no request here before the constructor returns
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Load new versions before answering with them; keep serving the loaded ones."""
+        self.predict.set_max_batch_size(config["max_batch_size"])
+        self.predict.set_batch_wait_timeout_s(config["batch_wait_timeout_s"])
+        self.runner.load_all(config["versions"])
 
     def ready(self) -> dict[str, Any]:
         return {

@@ -1,17 +1,23 @@
 """What each serving stage does, free of Ray: load versions, preprocess, batch-predict,
 postprocess. The Ray Serve deployments in ``deployments.stages`` are thin adapters.
+
+Stages serve whichever version the gateway asks for: the configured versions are loaded
+up front, any other published version is loaded on first use (versions are immutable, so
+this is safe). A rolling update whose gateway and stages briefly disagree on the version
+list therefore never fails a request.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from serving.errors import ModelNotReady, VersionNotFound
+from serving.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from serving.store import SAVED_MODEL_DIR, ModelStore
 from serving.tasks import Step, Task, get_task
 from serving.training import load_signature
@@ -28,37 +34,65 @@ class Batch:
     context: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-class TaskSteps:
-    """Preprocessing and postprocessing of one model's served versions."""
+class _Versions:
+    """Per-version state loaded from the store once, on demand, under a lock."""
+
+    def __init__(self, store: ModelStore, model: str) -> None:
+        self.store = store
+        self.model = model
+        self.loaded: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, version: str) -> Any:
+        state = self.loaded.get(version)
+        if state is not None:
+            return state
+        with self._lock:
+            if version not in self.loaded:
+                try:
+                    self.store.resolve(self.model, version)
+                except (ModelNotFound, VersionNotFound):
+                    raise VersionNotFound(self.model, version, sorted(self.loaded)) from None
+                self.loaded[version] = self.load(version)
+            return self.loaded[version]
+
+    def load(self, version: str) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class TaskSteps(_Versions):
+    """Preprocessing and postprocessing of a model's versions."""
 
     def __init__(
         self, store: ModelStore, model: str, task: str, versions: list[str],
         options: dict[str, Any] | None = None,
     ) -> None:
-        self.model = model
+        super().__init__(store, model)
         self.task: Task = get_task(task)
-        self.options = self.task.options(options)
-        self.params = {v: store.manifest(model, v).preprocessing for v in versions}
+        self.configure(versions, options)
 
-    def _params(self, version: str) -> dict[str, Any]:
-        try:
-            return self.params[version]
-        except KeyError:
-            raise VersionNotFound(self.model, version, list(self.params)) from None
+    def configure(self, versions: list[str], options: dict[str, Any] | None = None) -> None:
+        """Load the configured versions' parameters and set postprocessing options."""
+        self.options = self.task.options(options)
+        for version in versions:
+            self.get(version)
+
+    def load(self, version: str) -> dict[str, Any]:
+        return self.store.manifest(self.model, version).preprocessing
 
     def preprocess(self, version: str, raw: np.ndarray) -> Batch:
-        params = self._params(version)
+        params = self.get(version)
         return Batch(self.task.preprocess(raw, params), self.task.context(raw, params))
 
     def postprocess(
         self, version: str, batch: Batch, parameters: dict[str, Any] | None = None
     ) -> dict[str, np.ndarray]:
-        step = Step(self._params(version), self.options, parameters or {}, batch.context)
+        step = Step(self.get(version), self.options, parameters or {}, batch.context)
         return self.task.postprocess(batch.data, step)
 
 
-class ModelRunner:
-    """Loads a model's served versions and predicts on batches.
+class ModelRunner(_Versions):
+    """A model's SavedModel signatures, and prediction on batches of requests.
 
     ``predict_batch`` is the vectorised function the Model stage puts under
     ``@serve.batch``: it groups the queued requests by version and calls each version's
@@ -69,50 +103,55 @@ class ModelRunner:
         self, store: ModelStore, model: str, task: str, versions: list[str],
         intra_op_threads: int | None = None, inter_op_threads: int | None = None,
     ) -> None:
-        self.store = store
-        self.model = model
+        super().__init__(store, model)
         self.task: Task = get_task(task)
         self.versions = list(versions)
         self.threads = (intra_op_threads, inter_op_threads)
-        self._calls: dict[str, Any] = {}
         self.digests: dict[str, str] = {}
         self.load_seconds: float | None = None
+        self._configured = False
 
     @property
     def ready(self) -> bool:
-        return len(self._calls) == len(self.versions)
+        return self._configured and all(v in self.loaded for v in self.versions)
 
-    def load(self) -> None:
-        """Load and warm up every served version (the first calls of a signature are slow)."""
+    def load_all(self, versions: list[str] | None = None) -> None:
+        """Load and warm up the configured versions (before the replica takes traffic)."""
         start = time.perf_counter()
         _configure_tensorflow(*self.threads)
+        if versions is not None:
+            self.versions = list(versions)
         for version in self.versions:
-            manifest = self.store.manifest(self.model, version)
-            call = load_signature(self.store.local_path(self.model, version) / SAVED_MODEL_DIR)
-            example = self.task.preprocess(
-                self.task.sample_data(seed=1, n=8).raw, manifest.preprocessing
-            )
-            for size in (1, len(example)):
-                call(example[:size])
-            self._calls[version] = call
-            self.digests[version] = manifest.artifact_sha256
+            self.get(version)
+        self._configured = True
         self.load_seconds = time.perf_counter() - start
-        log.info("%s: loaded versions %s in %.1fs", self.model, self.versions, self.load_seconds)
+        log.info("%s: versions %s ready in %.1fs", self.model, self.versions, self.load_seconds)
+
+    def load(self, version: str) -> Any:
+        """Load one version's signature and pay its first, slow calls now."""
+        _configure_tensorflow(*self.threads)
+        manifest = self.store.manifest(self.model, version)
+        call = load_signature(self.store.local_path(self.model, version) / SAVED_MODEL_DIR)
+        example = self.task.preprocess(
+            self.task.sample_data(seed=1, n=8).raw, manifest.preprocessing
+        )
+        for size in (1, len(example)):
+            call(example[:size])
+        self.digests[version] = manifest.artifact_sha256
+        return call
 
     def predict_batch(
         self, requests: list[tuple[str, np.ndarray]]
     ) -> list[dict[str, np.ndarray]]:
         """Predict a list of (version, inputs) with one signature call per version."""
-        if not self.ready:
+        if not self._configured:
             raise ModelNotReady(f"model '{self.model}' is still loading")
         results: list[dict[str, np.ndarray]] = [{} for _ in requests]
         by_version: dict[str, list[int]] = {}
         for i, (version, _) in enumerate(requests):
             by_version.setdefault(version, []).append(i)
         for version, indices in by_version.items():
-            call = self._calls.get(version)
-            if call is None:
-                raise VersionNotFound(self.model, version, self.versions)
+            call = self.get(version)
             arrays = [requests[i][1] for i in indices]
             outputs = call(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
             bounds = np.cumsum([len(a) for a in arrays])[:-1]
@@ -122,8 +161,14 @@ class ModelRunner:
         return results
 
 
+_tf_configured = False
+
+
 def _configure_tensorflow(intra: int | None, inter: int | None) -> None:
     """Thread pools per replica, and GPU memory growth instead of grabbing it all."""
+    global _tf_configured
+    if _tf_configured:
+        return
     import tensorflow as tf
 
     try:
@@ -135,3 +180,4 @@ def _configure_tensorflow(intra: int | None, inter: int | None) -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError:  # already initialised in this process
         log.debug("TensorFlow runtime already initialised; thread settings unchanged")
+    _tf_configured = True

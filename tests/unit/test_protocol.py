@@ -65,15 +65,19 @@ def test_outputs_become_rows_and_v2_tensors():
     import numpy as np
 
     task = get_task("fraud")
+    reasons = np.array([["", "", ""], ["F03", "F07", ""]], dtype=object)
     outputs = {"fraud_probability": np.array([0.1, 0.9], np.float32),
-               "decision": np.array(["approve", "block"], dtype=object)}
+               "decision": np.array(["approve", "block"], dtype=object),
+               "reason_codes": reasons, "reasons": reasons}
     rows = dataplane.rows(outputs)
     assert rows[1]["decision"] == "block"
     assert rows[0]["fraud_probability"] == pytest.approx(0.1)
+    assert rows[0]["reason_codes"] == [] and rows[1]["reason_codes"] == ["F03", "F07"]
     request = InferenceRequest.model_validate(golden("fraud_v2_request.json"))
     response = dataplane.encode_v2(task, "fraud", "3", outputs, request)
     assert response.model_version == "3" and response.id == "golden-fraud-1"
-    assert [o.name for o in response.outputs] == ["fraud_probability", "decision"]
+    assert [o.name for o in response.outputs][:2] == ["fraud_probability", "decision"]
+    assert response.outputs[2].shape == [2, 3]  # V2 keeps the padded tensor
     assert response.outputs[1].datatype == "BYTES" and response.outputs[1].shape == [2]
     request = InferenceRequest.model_validate(
         {**golden("fraud_v2_request.json"), "outputs": [{"name": "nope"}]}

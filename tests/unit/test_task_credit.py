@@ -25,7 +25,7 @@ def credit(tmp_path_factory):
     store = ModelStore(tmp_path_factory.mktemp("credit-store"))
     train("credit", store, samples=12000, epochs=8, seed=0)
     runner = ModelRunner(store, "credit", "credit", ["1"])
-    runner.load()
+    runner.load_all()
     return store, runner, TaskSteps(store, "credit", "credit", ["1"])
 
 

@@ -38,7 +38,7 @@ def test_sentiment_beats_the_majority_class(tiny_store):
 
 def _runner(store, model, versions):
     runner = ModelRunner(store, model, model, versions, intra_op_threads=1)
-    runner.load()
+    runner.load_all()
     return runner
 
 
@@ -63,10 +63,14 @@ def test_batch_function_refuses_unknown_versions_and_unloaded_models(tiny_store)
     x = np.zeros((1, 11), np.float32)
     with pytest.raises(ModelNotReady):
         runner.predict_batch([("1", x)])
-    runner.load()
+    runner.load_all()
     assert runner.ready and runner.digests["1"] == tiny_store.manifest("fraud", "1").artifact_sha256
     with pytest.raises(VersionNotFound):
         runner.predict_batch([("5", x)])
+    # a published version the runner was not configured with loads on first use, so a
+    # rolling update whose gateway is ahead of its stages never fails a request
+    assert runner.predict_batch([("2", x)])[0]["scores"].shape == (1, 1)
+    assert "2" in runner.digests
 
 
 def test_fraud_reviews_and_blocks_carry_reasons_from_the_served_model(tiny_store):
