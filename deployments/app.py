@@ -19,32 +19,47 @@ from serving.store import ModelStore
 
 
 def resolve_store_uri(uri: str) -> str:
-    """Absolute store root: relative paths are taken from ``FINSERVE_HOME`` or the cwd."""
+    """Absolute path or URI: relative paths are taken from ``FINSERVE_HOME`` or the cwd."""
     if "://" in uri or os.path.isabs(uri):
         return uri
     return str(Path(os.environ.get("FINSERVE_HOME", os.getcwd()), uri).resolve())
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def build_app(args: dict[str, Any] | AppArgs) -> Application:
     """Bind the Serve application; versions are resolved in the store now, so a missing
     model or version fails the deploy with a message instead of failing requests later."""
     args = AppArgs.model_validate(args) if isinstance(args, dict) else args
-    args = args.model_copy(update={"store_uri": resolve_store_uri(args.store_uri)})
+    args = args.model_copy(deep=True, update={"store_uri": resolve_store_uri(args.store_uri)})
+    if args.audit.location != "stdout":
+        args.audit.location = resolve_store_uri(args.audit.location)
+    security = args.security
+    security.require_auth = _env_flag("FINSERVE_REQUIRE_AUTH", security.require_auth)
+    security.api_keys_file = os.environ.get("FINSERVE_API_KEYS_FILE", security.api_keys_file)
     store = ModelStore(args.store_uri)
-    versions: dict[str, list[str]] = {}
+    routing: dict[str, dict[str, Any]] = {"versions": {}, "traffic": {}, "shadow": {}}
     handles: dict[str, dict[str, Any]] = {}
     for m in args.models:
         try:
-            resolved = [store.resolve(m.name, v) for v in m.versions]
+            resolve = {v: store.resolve(m.name, v) for v in m.all_versions}
         except Exception as exc:
             raise ValueError(
                 f"model '{m.name}' cannot be served from {args.store_uri}: {exc}. "
                 f"Train it first: finserve train {m.task_name} --store {args.store_uri}"
             ) from exc
-        versions[m.name] = list(dict.fromkeys(resolved))
+        routing["versions"][m.name] = list(dict.fromkeys(resolve[v] for v in m.versions))
+        if m.traffic:
+            routing["traffic"][m.name] = {resolve[v]: w for v, w in m.traffic.items()}
+        if m.shadow:
+            routing["shadow"][m.name] = resolve[m.shadow]
+        served = list(dict.fromkeys(resolve.values()))
         init = {"store_uri": args.store_uri, "model": m.name, "task": m.task_name}
-        steps_config = {"versions": versions[m.name], "options": m.options}
-        model_config = {"versions": versions[m.name], **m.model.model_dump(
+        steps_config = {"versions": served, "options": m.options}
+        model_config = {"versions": served, **m.model.model_dump(
             include={"max_batch_size", "batch_wait_timeout_s"})}
         threads = m.model.model_dump(include={"intra_op_threads", "inter_op_threads"})
         handles[m.name] = {
@@ -61,9 +76,10 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
             ).bind(**init),
         }
     gateway = Gateway.options(
-        **args.gateway.deployment_options("gateway"), user_config={"versions": versions}
+        **args.gateway.deployment_options("gateway"), user_config=routing
     )
     static = args.model_dump()
     for model in static["models"]:  # versions live in user_config: changed in place
-        model.pop("versions")
+        for key in ("versions", "traffic", "shadow"):
+            model.pop(key)
     return gateway.bind(static, handles)

@@ -46,6 +46,9 @@ class Stage(_Strict):
     num_cpus: float = Field(0.1, ge=0, description="Logical CPUs reserved per replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; fractions share a GPU.")
     memory_mb: int | None = Field(None, ge=1, description="Memory reserved per replica.")
+    max_queued_requests: int = Field(
+        -1, ge=-1, description="Requests queued for this stage before 503s (-1: no limit)."
+    )
 
     def deployment_options(self, name: str) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options``."""
@@ -57,6 +60,7 @@ class Stage(_Strict):
         options: dict[str, Any] = {
             "name": name,
             "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
             "ray_actor_options": actor,
         }
         if self.autoscaling:
@@ -91,6 +95,14 @@ class ModelSettings(_Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Postprocessing options (decision thresholds)."
     )
+    traffic: dict[str, int] | None = Field(
+        None, description="Weighted split of unpinned requests, e.g. {'2': 90, '3': 10}; "
+        "sticky per x-routing-key header.",
+    )
+    shadow: str | None = Field(
+        None, description="A version that gets a copy of live traffic; answers are recorded "
+        "for `finserve compare`, never returned.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -114,7 +126,17 @@ class ModelSettings(_Strict):
             )
         if not self.versions or len(set(self.versions)) != len(self.versions):
             raise ValueError(f"model '{self.name}': versions must be a non-empty unique list")
+        if self.traffic is not None and (
+            sum(self.traffic.values()) != 100 or min(self.traffic.values()) < 0
+        ):
+            raise ValueError(f"model '{self.name}': traffic weights must be >= 0 and add to 100")
         return self
+
+    @property
+    def all_versions(self) -> list[str]:
+        """Every version the model's stages must serve: listed, weighted and shadow."""
+        extra = [*(self.traffic or {}), *([self.shadow] if self.shadow else [])]
+        return list(dict.fromkeys([*self.versions, *extra]))
 
 
 class Limits(_Strict):
@@ -125,6 +147,26 @@ class Limits(_Strict):
     request_timeout_s: float = Field(30.0, gt=0, description="Pipeline deadline (504).")
 
 
+class Security(_Strict):
+    """API keys and rate limits; FINSERVE_REQUIRE_AUTH and FINSERVE_API_KEYS_FILE override."""
+
+    require_auth: bool = Field(False, description="Refuse calls without a valid API key.")
+    api_keys_file: str | None = Field(None, description="YAML/JSON file of hashed keys.")
+    rate_per_s: float | None = Field(None, gt=0, description="Default per-key rate.")
+
+
+class Audit(_Strict):
+    """The decision trail."""
+
+    enabled: bool = Field(True, description="Write a decision record per answer.")
+    location: str = Field("audit", description="Folder, fsspec URI, or 'stdout'.")
+    rotate_mb: int = Field(64, ge=1, description="Rotate local JSONL files at this size.")
+    token_key_env: str = Field(
+        "FINSERVE_TOKEN_KEY", description="Env var holding the key that tokenizes personal "
+        "fields; without it a key file is kept beside a local trail.",
+    )
+
+
 class AppArgs(_Strict):
     """Everything ``build_app`` needs; the Serve config's ``args`` and the chart's values."""
 
@@ -132,6 +174,8 @@ class AppArgs(_Strict):
     models: list[ModelSettings] = Field(min_length=1)
     gateway: Stage = Field(default_factory=lambda: Stage(num_cpus=0.2, max_ongoing_requests=64))
     limits: Limits = Field(default_factory=Limits)
+    security: Security = Field(default_factory=Security)
+    audit: Audit = Field(default_factory=Audit)
 
     @model_validator(mode="after")
     def _unique(self) -> AppArgs:

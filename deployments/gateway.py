@@ -1,15 +1,18 @@
-"""The FastAPI ingress: parse, validate, route to a version, call the pipeline, map errors.
+"""The FastAPI ingress: admit, parse, route to a version, call the pipeline, record the
+decision, map errors.
 
 Routes: Open Inference Protocol V2, TF-Serving REST V1, and one task route per model
 (``POST /v1/{model}/{route}``) with named fields, all on the OpenAPI page at ``/docs``.
 """
 
 import asyncio
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from ray import serve
@@ -23,7 +26,9 @@ from deployments.http import (
     request_id,
     unwrap,
 )
+from deployments.metrics import MODEL_SCOPE_KEY, GatewayMetrics, RequestMetricsMiddleware
 from serving import __version__, dataplane
+from serving.audit import Recorder
 from serving.errors import FinServeError, ModelNotFound, RequestTimeout, VersionNotFound
 from serving.protocol.v1 import PredictRequest, PredictResponse
 from serving.protocol.v2 import (
@@ -33,14 +38,20 @@ from serving.protocol.v2 import (
     ModelMetadata,
     ServerMetadata,
 )
+from serving.security import ApiKey, KeyRing, RateLimiter
+from serving.store import ModelStore
 from serving.tasks import Step, Task, get_task
+from serving.traffic import choose_version
 
+log = logging.getLogger("finserve.gateway")
 READY_TIMEOUT_S = 2.0
+ROUTING_KEY = "x-routing-key"
+VERSION_HEADER = "x-model-version"
 
 
 @dataclass
 class Served:
-    """A served model as the gateway sees it: task, versions and stage handles."""
+    """A served model as the gateway sees it: task, stage handles and version routing."""
 
     settings: ModelSettings
     task: Task
@@ -48,23 +59,36 @@ class Served:
     model: DeploymentHandle
     postprocess: DeploymentHandle
     versions: list[str] = field(default_factory=list)
+    traffic: dict[str, int] | None = None
+    shadow: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
 
     @property
     def options(self) -> dict[str, Any]:
         return self.task.options(self.settings.options)
 
-    def version(self, requested: str | None) -> str:
+    def version(self, requested: str | None, routing_key: str | None = None) -> str:
+        """The pinned version, else the traffic split's pick, else the default."""
         if requested is None:
+            if self.traffic:
+                return choose_version(self.traffic, routing_key)
             return self.versions[0]
         dataplane.parse_version(requested)
-        if requested not in self.versions:
-            raise VersionNotFound(self.settings.name, requested, self.versions)
+        if requested not in self.pinnable:
+            raise VersionNotFound(self.name, requested, self.pinnable)
         return requested
+
+    @property
+    def pinnable(self) -> list[str]:
+        return list(dict.fromkeys([*self.versions, *(self.traffic or {})]))
 
     def metadata(self) -> ModelMetadata:
         return ModelMetadata(
-            name=self.settings.name,
-            versions=self.versions,
+            name=self.name,
+            versions=self.pinnable,
             inputs=[_tensor(self.task.input_spec)],
             outputs=[_tensor(s) for s in self.task.output_specs],
             parameters={"task": self.task.name, "default_version": self.versions[0]},
@@ -93,29 +117,55 @@ class Gateway:
     def __init__(self, args: dict[str, Any],
                  handles: dict[str, dict[str, DeploymentHandle]]) -> None:
         self.args = AppArgs.model_validate(args)
+        self.store = ModelStore(self.args.store_uri)
         self.models: dict[str, Served] = {
             m.name: Served(settings=m, task=get_task(m.task_name), **handles[m.name])
             for m in self.args.models
         }
+        security = self.args.security
+        self.keys = KeyRing.from_file(security.api_keys_file) if security.api_keys_file else None
+        if security.require_auth and self.keys is None:
+            raise ValueError("security.require_auth is on but no api_keys_file is set")
+        self.require_auth = security.require_auth
+        replicas = self.args.gateway.num_replicas
+        self.limiter = RateLimiter(security.rate_per_s, replicas=replicas)
+        self.recorder = Recorder(self.args.audit, self.store) if self.args.audit.enabled else None
+        self.metrics = GatewayMetrics()
+        self._background: set[asyncio.Task[None]] = set()
+        if not self.require_auth:
+            log.warning("FinServe is running OPEN: no API key is required (security.require_auth)")
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """Served versions per model, the first answering requests that name none."""
+        """Served versions, traffic splits and shadows per model, changed in place."""
         for name, versions in config["versions"].items():
-            self.models[name].versions = list(versions)
+            served = self.models[name]
+            served.versions = list(versions)
+            served.traffic = (config.get("traffic") or {}).get(name)
+            served.shadow = (config.get("shadow") or {}).get(name)
 
-    # --- pipeline ---------------------------------------------------------------------
-    def served(self, model: str) -> Served:
+    # --- admission ----------------------------------------------------------------------
+    def admit(self, request: Request, model: str) -> tuple[Served, ApiKey | None]:
+        """Authenticate (401), find the model (404), authorize (403), rate-limit (429)."""
+        key = None
+        if self.keys is not None and (
+            self.require_auth or request.headers.get("authorization")
+        ):
+            key = self.keys.authenticate(request.headers.get("authorization"))
         try:
-            return self.models[model]
+            served = self.models[model]
         except KeyError:
             raise ModelNotFound(model) from None
+        if key is not None:
+            KeyRing.authorize(key, model)
+            self.limiter.check(key)
+        request.scope[MODEL_SCOPE_KEY] = model
+        return served, key
 
+    # --- pipeline ---------------------------------------------------------------------
     async def run(
-        self, served: Served, version: str, raw: np.ndarray, parameters: dict[str, Any] | None
+        self, served: Served, version: str, raw: np.ndarray, parameters: dict[str, Any]
     ) -> dict[str, np.ndarray]:
         """Preprocess → Model → Postprocess, chained without awaiting the middle stages."""
-        dataplane.check_size(raw, self.args.limits.max_instances)
-        parameters = served.task.parameters(parameters)
         x = served.preprocess.remote(version, raw)
         scores = served.model.remote(version, x)
         outputs = served.postprocess.remote(version, scores, parameters)
@@ -126,7 +176,7 @@ class Gateway:
             for response in (outputs, scores, x):
                 response.cancel()
             raise RequestTimeout(
-                f"model '{served.settings.name}' did not answer within {timeout:g}s"
+                f"model '{served.name}' did not answer within {timeout:g}s"
             ) from None
         except Exception as exc:
             inner = unwrap(exc)
@@ -134,11 +184,54 @@ class Gateway:
                 raise inner from None
             raise
 
+    async def answer(
+        self, request: Request, response: Response, served: Served, key: ApiKey | None,
+        requested: str | None, raw: np.ndarray, parameters: dict[str, Any] | None, route: str,
+    ) -> tuple[str, dict[str, np.ndarray]]:
+        """Route, predict, record the decision (before answering) and start any shadow."""
+        started = time.perf_counter()
+        dataplane.check_size(raw, self.args.limits.max_instances)
+        parameters = served.task.parameters(parameters)
+        version = served.version(requested, request.headers.get(ROUTING_KEY))
+        outputs = await self.run(served, version, raw, parameters)
+        rid = request_id(request)
+        if self.recorder is not None:
+            await self.recorder.decision(
+                request_id=rid, key=key, served=served, version=version, route=route,
+                raw=raw, parameters=parameters, outputs=outputs,
+                latency_ms=(time.perf_counter() - started) * 1000,
+            )
+        self.metrics.outcomes(served.name, version, outputs)
+        if served.shadow and served.shadow != version:
+            task = asyncio.create_task(
+                self._shadow(served, version, raw, parameters, outputs, rid)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        response.headers[VERSION_HEADER] = version
+        return version, outputs
+
+    async def _shadow(self, served: Served, live_version: str, raw: np.ndarray,
+                      parameters: dict[str, Any], live: dict[str, np.ndarray],
+                      rid: str) -> None:
+        """Send a copy to the shadow version; record both answers, return neither."""
+        challenger = served.shadow or ""
+        try:
+            outputs = await self.run(served, challenger, raw, parameters)
+        except Exception:
+            log.warning("shadow %s v%s failed for request %s", served.name, challenger, rid)
+            return
+        agrees = all(
+            np.array_equal(live[n], outputs[n]) for n in ("decision", "label") if n in live
+        )
+        self.metrics.shadow.inc(tags={"model": served.name, "challenger": challenger,
+                                      "agrees": str(agrees).lower()})
+        if self.recorder is not None:
+            self.recorder.shadow(rid, served, live_version, challenger, raw, live, outputs)
+
     async def is_ready(self, served: Served) -> bool:
         try:
-            state = await asyncio.wait_for(
-                served.model.ready.remote(), timeout=READY_TIMEOUT_S
-            )
+            state = await asyncio.wait_for(served.model.ready.remote(), timeout=READY_TIMEOUT_S)
         except Exception:  # timeout, replica starting or failed: not ready
             return False
         return bool(state["ready"])
@@ -149,11 +242,14 @@ class Gateway:
             title="FinServe",
             version=__version__,
             description="Finance models over the Open Inference Protocol (V2), TF-Serving "
-            "REST (V1) and task routes with named fields.",
+            "REST (V1) and task routes with named fields. Send `Authorization: Bearer <key>`"
+            " when the server requires keys, and `x-routing-key` to keep one customer on one "
+            "version during a canary.",
         )
         install_error_handlers(app)
         app.add_middleware(JsonBodyMiddleware)
         app.add_middleware(BodyLimitMiddleware, max_bytes=self.args.limits.max_body_bytes)
+        app.add_middleware(RequestMetricsMiddleware, gateway_metrics=self.metrics)
         self._health_routes(app)
         self._v2_routes(app)
         self._v1_routes(app)
@@ -177,13 +273,15 @@ class Gateway:
             return ServerMetadata(version=__version__, extensions=["model_version_routing"])
 
     def _v2_routes(self, app: FastAPI) -> None:
-        async def metadata(model: str, version: str | None = None) -> ModelMetadata:
-            served = self.served(model)
+        async def metadata(request: Request, model: str,
+                           version: str | None = None) -> ModelMetadata:
+            served, _ = self.admit(request, model)
             served.version(version)
             return served.metadata()
 
-        async def model_ready(model: str, version: str | None = None) -> JSONResponse:
-            served = self.served(model)
+        async def model_ready(request: Request, model: str,
+                              version: str | None = None) -> JSONResponse:
+            served, _ = self.admit(request, model)
             version = served.version(version)
             ok = await self.is_ready(served)
             return JSONResponse(
@@ -191,12 +289,13 @@ class Gateway:
             )
 
         async def infer(
-            request: Request, model: str, body: InferenceRequest, version: str | None = None
+            request: Request, response: Response, model: str, body: InferenceRequest,
+            version: str | None = None,
         ) -> InferenceResponse:
-            served = self.served(model)
-            version = served.version(version)
+            served, key = self.admit(request, model)
             raw = dataplane.decode_v2(body, served.task)
-            outputs = await self.run(served, version, raw, body.parameters)
+            version, outputs = await self.answer(
+                request, response, served, key, version, raw, body.parameters, "v2")
             return dataplane.encode_v2(served.task, model, version, outputs, body)
 
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
@@ -208,9 +307,10 @@ class Gateway:
                               response_model=InferenceResponse, summary="Inference (V2)")
 
     def _v1_routes(self, app: FastAPI) -> None:
-        async def status(model: str, version: str | None = None) -> dict[str, Any]:
-            served = self.served(model)
-            versions = [served.version(version)] if version else served.versions
+        async def status(request: Request, model: str,
+                         version: str | None = None) -> dict[str, Any]:
+            served, _ = self.admit(request, model)
+            versions = [served.version(version)] if version else served.pinnable
             ok = await self.is_ready(served)
             return {
                 "model_version_status": [
@@ -224,12 +324,13 @@ class Gateway:
             }
 
         async def predict(
-            model: str, body: PredictRequest, version: str | None = None
+            request: Request, response: Response, model: str, body: PredictRequest,
+            version: str | None = None,
         ) -> PredictResponse:
-            served = self.served(model)
-            version = served.version(version)
+            served, key = self.admit(request, model)
             raw = dataplane.decode_v1(body, served.task)
-            outputs = await self.run(served, version, raw, body.parameters)
+            version, outputs = await self.answer(
+                request, response, served, key, version, raw, body.parameters, "v1")
             return dataplane.encode_v1(version, outputs)
 
         for prefix in ("/v1/models/{model}", "/v1/models/{model}/versions/{version}"):
@@ -240,7 +341,7 @@ class Gateway:
                               summary="Predict (TF-Serving REST)")
 
     def _task_route(self, app: FastAPI, served: Served) -> None:
-        task, name = served.task, served.settings.name
+        task, name = served.task, served.name
         request_model = create_model(
             f"{task.Record.__name__}Batch",
             __config__=ConfigDict(extra="forbid"),
@@ -256,13 +357,16 @@ class Gateway:
 
         async def handle(
             request: Request,
+            response: Response,
             body: request_model = Body(),  # type: ignore[valid-type]
             version: str | None = Query(None, description="Pin a served version."),
         ) -> Answer:
-            version_ = served.version(version)
+            _, key = self.admit(request, name)
             raw = dataplane.decode_records(body.records, task)
-            parameters = task.parameters(body.parameters)
-            outputs = await self.run(served, version_, raw, parameters)
+            parameters = task.parameters(
+                body.parameters.model_dump() if body.parameters else None)
+            version_, outputs = await self.answer(
+                request, response, served, key, version, raw, parameters, "task")
             return Answer(
                 model=name, version=version_, request_id=request_id(request),
                 results=dataplane.rows(outputs),
@@ -273,4 +377,3 @@ class Gateway:
             f"/v1/{name}/{task.route}", handle, methods=["POST"], response_model=Answer,
             tags=["tasks"], summary=task.description,
         )
-

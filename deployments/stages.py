@@ -6,11 +6,13 @@ reconfigures running replicas in place (``reconfigure``) instead of replacing th
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 from ray import serve
 
+from deployments.metrics import StageMetrics
 from serving.runtime import Batch, ModelRunner, TaskSteps
 from serving.store import ModelStore
 
@@ -18,8 +20,11 @@ from serving.store import ModelStore
 class _Steps:
     """A model's task steps, configured with its versions and options."""
 
+    stage = "steps"
+
     def __init__(self, store_uri: str, model: str, task: str) -> None:
         self.steps = TaskSteps(ModelStore(store_uri), model, task, [])
+        self.metrics = StageMetrics(model, self.stage)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self.steps.configure(config["versions"], config.get("options"))
@@ -29,18 +34,28 @@ class _Steps:
 class Preprocess(_Steps):
     """Raw records → model tensors (``task.preprocess``) for a model's versions."""
 
+    stage = "preprocess"
+
     def __call__(self, version: str, raw: np.ndarray) -> Batch:
-        return self.steps.preprocess(version, raw)
+        started = time.perf_counter()
+        batch = self.steps.preprocess(version, raw)
+        self.metrics.observe(started)
+        return batch
 
 
 @serve.deployment
 class Postprocess(_Steps):
     """Model outputs → decisions, labels and reasons (``task.postprocess``)."""
 
+    stage = "postprocess"
+
     def __call__(
         self, version: str, batch: Batch, parameters: dict[str, Any]
     ) -> dict[str, np.ndarray]:
-        return self.steps.postprocess(version, batch, parameters)
+        started = time.perf_counter()
+        answers = self.steps.postprocess(version, batch, parameters)
+        self.metrics.observe(started)
+        return answers
 
 
 @serve.deployment
@@ -53,6 +68,7 @@ class Model:
             intra_op_threads=threads.get("intra_op_threads"),
             inter_op_threads=threads.get("inter_op_threads"),
         )
+        self.metrics = StageMetrics(model, "model")
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Load new versions before answering with them; keep serving the loaded ones."""
@@ -69,7 +85,10 @@ class Model:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def predict(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
-        return self.runner.predict_batch(requests)
+        started = time.perf_counter()
+        results = self.runner.predict_batch(requests)
+        self.metrics.observe(started, batch_size=sum(len(x) for _, x in requests))
+        return results
 
     async def __call__(self, version: str, batch: Batch) -> Batch:
         return Batch(await self.predict((version, batch.data)), batch.context)

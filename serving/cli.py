@@ -85,6 +85,73 @@ def models_cmd(store: StoreOpt = DEFAULT_STORE) -> None:
     console.print(table)
 
 
+keys_app = typer.Typer(help="API keys (stored hashed).", no_args_is_help=True)
+audit_app = typer.Typer(help="The decision trail.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+TrailOpt = Annotated[str, typer.Option("--trail", help="Trail folder or fsspec URI.")]
+
+
+@keys_app.command("create")
+def keys_create(
+    key_id: Annotated[str, typer.Argument(help="Caller id, e.g. teller-app.")],
+    file: Annotated[Path, typer.Option(help="Key file to add the hashed key to.")] = Path(
+        "api-keys.yaml"),
+    models: Annotated[str, typer.Option(help="Comma-separated models, or '*'.")] = "*",
+    rate: Annotated[float | None, typer.Option(help="Requests per second.")] = None,
+) -> None:
+    """Create a key: its hash goes to the file, the key itself is shown once."""
+    from serving.security import KeyRing, new_key, write_keys
+
+    ring = KeyRing.from_file(file) if file.exists() else KeyRing([])
+    if key_id in ring.keys:
+        raise typer.BadParameter(f"key id '{key_id}' already exists in {file}")
+    plaintext, entry = new_key(key_id, [m.strip() for m in models.split(",")], rate)
+    write_keys(file, [*ring.keys.values(), entry])
+    console.print(f"added '{key_id}' to {file}; the key (shown only now):")
+    print(plaintext)
+
+
+@audit_app.command("verify")
+def audit_verify(trail: TrailOpt = "audit") -> None:
+    """Check every chain for altered, removed or reordered records."""
+    from serving.audit import verify
+
+    report = verify(trail)
+    for problem in report.problems:
+        console.print(f"[red]✗[/] {problem}")
+    status = "[green]intact[/]" if report.ok else "[red]TAMPERED[/]"
+    console.print(f"{report.records} records in {report.chains} chains: {status}")
+    raise typer.Exit(0 if report.ok and report.records else 1)
+
+
+@audit_app.command("replay")
+def audit_replay(
+    request_id: Annotated[str, typer.Argument(help="The request id to re-run.")],
+    trail: TrailOpt = "audit",
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Re-run a recorded request on the exact version it names; show whether it matches."""
+    from serving.replay import replay
+
+    result = replay(trail, request_id, ModelStore(store))
+    console.print_json(data=result)
+    raise typer.Exit(0 if result["matches"] else 1)
+
+
+@app.command("compare")
+def compare_cmd(model: Annotated[str, typer.Argument(help="Model name.")],
+                trail: TrailOpt = "audit") -> None:
+    """How the shadow (challenger) answered live (champion) traffic."""
+    from serving.traffic import compare, read_shadow
+
+    report = compare(read_shadow(trail, model))
+    if not report["requests"]:
+        console.print(f"no shadow answers for '{model}' in {trail}")
+        raise typer.Exit(1)
+    console.print_json(data=report)
+
+
 def train_missing(config_path: str) -> None:
     """Train every configured model that has no version in the store yet."""
     from deployments.app import resolve_store_uri

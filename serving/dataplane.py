@@ -68,7 +68,7 @@ def decode_v1(request: PredictRequest, task: Task) -> np.ndarray:
 
 def rows(outputs: Outputs) -> list[dict[str, Any]]:
     """Columnar outputs → one JSON-ready dict per example."""
-    columns = {name: _jsonable(values) for name, values in outputs.items()}
+    columns = {name: jsonable(values) for name, values in outputs.items()}
     count = len(next(iter(columns.values())))
     return [{name: values[i] for name, values in columns.items()} for i in range(count)]
 
@@ -83,7 +83,7 @@ def decode_records(records: list[BaseModel], task: Task) -> np.ndarray:
     return task.check_raw(task.records_to_raw(records))
 
 
-def _jsonable(values: np.ndarray) -> list[Any]:
+def jsonable(values: np.ndarray) -> list[Any]:
     """JSON-ready rows; rows of strings drop the '' that pads ragged lists to a tensor."""
     if values.dtype == object:
         if values.ndim == 2:

@@ -86,6 +86,9 @@ class Task(abc.ABC):
     #: per-request parameters (V2 ``parameters``, V1 ``parameters``, task route
     #: ``parameters``), validated at the gateway; None when the task takes none
     Parameters: ClassVar[type[BaseModel] | None] = None
+    #: record fields that identify a person; tokenized in the decision trail (when the raw
+    #: input tensor is named here, the whole raw input is tokenized)
+    personal_fields: ClassVar[tuple[str, ...]] = ()
 
     # --- data -------------------------------------------------------------------------
     @abc.abstractmethod

@@ -1,0 +1,118 @@
+import asyncio
+import json
+
+import pytest
+
+from serving import audit
+
+
+def _record(i: int, **extra):
+    return audit.decision_record(
+        request_id=f"r{i}", key_id="k", model="fraud", version="1", artifact_sha256="ab",
+        route="v2", inputs={"data": [[i]]}, outputs=[{"p": i / 10}], latency_ms=1.0, **extra)
+
+
+def _write(tmp_path, n=5, rotate_bytes=1 << 20):
+    async def go():
+        trail = audit.Trail(audit.JsonlSink(tmp_path, "c1", rotate_bytes), "c1")
+        for i in range(n):
+            await trail.append(_record(i))
+    asyncio.run(go())
+
+
+def _lines(tmp_path):
+    files = sorted(tmp_path.glob("decisions-*.jsonl"))
+    return files, [line for f in files for line in f.read_text().splitlines()]
+
+
+def test_a_complete_trail_verifies_and_rotates(tmp_path):
+    _write(tmp_path, n=40, rotate_bytes=2000)
+    files, lines = _lines(tmp_path)
+    assert len(files) > 1 and len(lines) == 40
+    report = audit.verify(str(tmp_path))
+    assert report.ok and report.records == 40 and report.chains == 1
+    assert [json.loads(x)["seq"] for x in lines] == list(range(40))
+
+
+def test_concurrent_records_share_writes_and_all_become_durable(tmp_path):
+    writes = []
+
+    class Counting(audit.JsonlSink):
+        def write(self, lines):
+            writes.append(len(lines))
+            super().write(lines)
+
+    async def go():
+        trail = audit.Trail(Counting(tmp_path, "c1"), "c1")
+        return await asyncio.gather(*(trail.append(_record(i)) for i in range(50)))
+
+    sealed = asyncio.run(go())
+    assert sum(writes) == 50 and len(writes) < 50  # group commit
+    assert sorted(r["seq"] for r in sealed) == list(range(50))
+    assert audit.verify(str(tmp_path)).ok
+
+
+def _rewrite(tmp_path, lines):
+    for f in tmp_path.glob("decisions-*.jsonl"):
+        f.unlink()
+    (tmp_path / "decisions-c1-00000.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_an_altered_record_is_detected(tmp_path):
+    _write(tmp_path)
+    _, lines = _lines(tmp_path)
+    record = json.loads(lines[2])
+    record["outputs"] = [{"p": 0.0}]
+    lines[2] = json.dumps(record)
+    _rewrite(tmp_path, lines)
+    report = audit.verify(str(tmp_path))
+    assert not report.ok and any("altered" in p and "r2" in p for p in report.problems)
+
+
+def test_a_removed_record_is_detected(tmp_path):
+    _write(tmp_path)
+    _, lines = _lines(tmp_path)
+    _rewrite(tmp_path, lines[:2] + lines[3:])
+    report = audit.verify(str(tmp_path))
+    assert not report.ok and any("removed" in p for p in report.problems)
+
+
+def test_reordered_records_are_detected(tmp_path):
+    _write(tmp_path)
+    _, lines = _lines(tmp_path)
+    lines[1], lines[2] = lines[2], lines[1]
+    _rewrite(tmp_path, lines)
+    assert not audit.verify(str(tmp_path)).ok
+
+
+def test_a_sink_that_fails_refuses_the_answer():
+    class Broken:
+        def write(self, lines):
+            raise OSError("disk full")
+
+    async def go():
+        trail = audit.Trail(Broken(), "c")
+        await trail.append(_record(1))
+
+    with pytest.raises(audit.TrailUnavailable) as info:
+        asyncio.run(go())
+    assert info.value.status_code == 503
+
+
+def test_personal_values_are_tokenized_stably_and_unreadably(tmp_path):
+    key = audit.token_key(str(tmp_path), "NO_SUCH_ENV_VAR_FOR_TEST")
+    assert key == audit.token_key(str(tmp_path), "NO_SUCH_ENV_VAR_FOR_TEST")  # kept
+    assert oct((tmp_path / ".token-key").stat().st_mode & 0o777) == "0o600"
+    tokens = audit.Tokenizer(key)
+    assert tokens.token("cust-42") == tokens.token("cust-42")
+    assert tokens.token("cust-42") != audit.Tokenizer(b"other").token("cust-42")
+    scrubbed = tokens.scrub([{"customer_id": "cust-42", "k": 5}], ("customer_id",))
+    assert "cust-42" not in json.dumps(scrubbed) and scrubbed[0]["k"] == 5
+
+
+def test_remote_trails_need_a_shared_key(monkeypatch):
+    monkeypatch.delenv("FINSERVE_TOKEN_KEY", raising=False)
+    with pytest.raises(ValueError, match="FINSERVE_TOKEN_KEY"):
+        audit.token_key("s3://bucket/trail", "FINSERVE_TOKEN_KEY")
+    monkeypatch.setenv("FINSERVE_TOKEN_KEY", "shared")
+    assert audit.token_key("s3://bucket/trail", "FINSERVE_TOKEN_KEY") == b"shared"
