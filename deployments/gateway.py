@@ -16,10 +16,13 @@ from fastapi import Body, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import AppArgs, ModelSettings
 from deployments.http import (
+    KEY_SCOPE_KEY,
+    AuthMiddleware,
     BodyLimitMiddleware,
     JsonBodyMiddleware,
     install_error_handlers,
@@ -29,7 +32,13 @@ from deployments.http import (
 from deployments.metrics import MODEL_SCOPE_KEY, GatewayMetrics, RequestMetricsMiddleware
 from serving import __version__, dataplane
 from serving.audit import Recorder
-from serving.errors import FinServeError, ModelNotFound, RequestTimeout, VersionNotFound
+from serving.errors import (
+    FinServeError,
+    ModelNotFound,
+    ModelUnavailable,
+    RequestTimeout,
+    VersionNotFound,
+)
 from serving.protocol.v1 import PredictRequest, PredictResponse
 from serving.protocol.v2 import (
     InferenceRequest,
@@ -45,6 +54,8 @@ from serving.traffic import choose_version
 
 log = logging.getLogger("finserve.gateway")
 READY_TIMEOUT_S = 2.0
+RETRIES = 3
+REPLICA_LOST = (RayActorError, ActorUnavailableError)
 ROUTING_KEY = "x-routing-key"
 VERSION_HEADER = "x-model-version"
 
@@ -145,12 +156,9 @@ class Gateway:
 
     # --- admission ----------------------------------------------------------------------
     def admit(self, request: Request, model: str) -> tuple[Served, ApiKey | None]:
-        """Authenticate (401), find the model (404), authorize (403), rate-limit (429)."""
-        key = None
-        if self.keys is not None and (
-            self.require_auth or request.headers.get("authorization")
-        ):
-            key = self.keys.authenticate(request.headers.get("authorization"))
+        """Find the model (404), authorize (403), rate-limit (429); ``AuthMiddleware`` has
+        already authenticated (401)."""
+        key = request.scope.get(KEY_SCOPE_KEY)
         try:
             served = self.models[model]
         except KeyError:
@@ -163,6 +171,22 @@ class Gateway:
 
     # --- pipeline ---------------------------------------------------------------------
     async def run(
+        self, served: Served, version: str, raw: np.ndarray, parameters: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """The pipeline; predictions are idempotent, so a replica that dies mid-request
+        (scale-down, node loss) costs a retry on another replica, not a failed request."""
+        for attempt in range(1, RETRIES + 1):
+            try:
+                return await self._run_once(served, version, raw, parameters)
+            except REPLICA_LOST as exc:
+                if attempt == RETRIES:
+                    raise ModelUnavailable(
+                        f"model '{served.name}' lost its replica; retry shortly") from exc
+                log.warning("retrying %s after a lost replica (%s)", served.name,
+                            type(exc).__name__)
+        raise AssertionError("unreachable")
+
+    async def _run_once(
         self, served: Served, version: str, raw: np.ndarray, parameters: dict[str, Any]
     ) -> dict[str, np.ndarray]:
         """Preprocess → Model → Postprocess, chained without awaiting the middle stages."""
@@ -249,6 +273,7 @@ class Gateway:
         install_error_handlers(app)
         app.add_middleware(JsonBodyMiddleware)
         app.add_middleware(BodyLimitMiddleware, max_bytes=self.args.limits.max_body_bytes)
+        app.add_middleware(AuthMiddleware, keys=self.keys, required=self.require_auth)
         app.add_middleware(RequestMetricsMiddleware, gateway_metrics=self.metrics)
         self._health_routes(app)
         self._v2_routes(app)

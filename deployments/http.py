@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -149,6 +150,40 @@ class JsonBodyMiddleware:
             headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
             headers.append((b"content-type", b"application/json"))
             scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
+
+
+#: ASGI scope key under which the authenticated ``ApiKey`` (or None) travels
+KEY_SCOPE_KEY = "finserve.key"
+PUBLIC_PATHS = ("/v2/health/", "/docs", "/openapi.json", "/redoc")
+
+
+class AuthMiddleware:
+    """Authenticate before anything else reads the body: a call without a valid key gets
+    401 whatever it sends. Health probes and the API docs stay open."""
+
+    def __init__(self, app: ASGIApp, keys: Any, required: bool) -> None:
+        self.app = app
+        self.keys = keys
+        self.required = required
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.keys is None:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization")
+        path = scope.get("path", "")
+        if header is None and (not self.required or path.startswith(PUBLIC_PATHS)):
+            scope[KEY_SCOPE_KEY] = None
+            await self.app(scope, receive, send)
+            return
+        try:
+            scope[KEY_SCOPE_KEY] = self.keys.authenticate(header.decode("latin-1")
+                                                          if header else None)
+        except FinServeError as exc:
+            await error_response(exc.status_code, exc.message, exc.headers)(
+                scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 

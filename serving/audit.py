@@ -69,7 +69,6 @@ class JsonlSink:
 
     def __init__(self, directory: str | Path, chain: str, rotate_bytes: int = 64 << 20) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.chain = chain
         self.rotate_bytes = rotate_bytes
         self.segment = 0
@@ -80,6 +79,7 @@ class JsonlSink:
             if self._file is not None:
                 self._file.close()
                 self.segment += 1
+            self.directory.mkdir(parents=True, exist_ok=True)
             path = self.directory / f"decisions-{self.chain}-{self.segment:05d}.jsonl"
             self._file = path.open("ab")
         return self._file
@@ -266,7 +266,8 @@ class Recorder:
         self.location = settings.location
         chain = uuid.uuid4().hex[:12]
         self.trail = Trail(make_sink(self.location, chain, settings.rotate_mb << 20), chain)
-        self.tokenizer = Tokenizer(token_key(self.location, settings.token_key_env))
+        self.token_key_env = settings.token_key_env
+        self._tokenizer: Tokenizer | None = None
         self.store = store
         self._digests: dict[tuple[str, str], str] = {}
 
@@ -275,6 +276,12 @@ class Recorder:
         if key not in self._digests:
             self._digests[key] = self.store.manifest(model, version).artifact_sha256
         return self._digests[key]
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer(token_key(self.location, self.token_key_env))
+        return self._tokenizer
 
     def inputs(self, task: Any, raw: Any) -> dict[str, Any]:
         """The raw batch as recorded: personal inputs become keyed-hash tokens."""
@@ -291,12 +298,15 @@ class Recorder:
                        outputs: dict[str, Any], latency_ms: float) -> dict[str, Any]:
         from serving.dataplane import rows
 
-        record = decision_record(
-            request_id=request_id, key_id=key.id if key else None, model=served.name,
-            version=version, artifact_sha256=self.digest_of(served.name, version), route=route,
-            inputs=self.inputs(served.task, raw), outputs=rows(outputs),
-            latency_ms=latency_ms, parameters=parameters,
-        )
+        try:
+            record = decision_record(
+                request_id=request_id, key_id=key.id if key else None, model=served.name,
+                version=version, artifact_sha256=self.digest_of(served.name, version),
+                route=route, inputs=self.inputs(served.task, raw), outputs=rows(outputs),
+                latency_ms=latency_ms, parameters=parameters,
+            )
+        except (OSError, ValueError) as exc:  # no tokenizing key, unreadable manifest
+            raise TrailUnavailable(f"decision trail unavailable: {exc}") from exc
         return await self.trail.append(record)
 
     def shadow(self, request_id: str, served: Any, champion: str, challenger: str, raw: Any,

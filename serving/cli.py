@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from serving.rollout import rollout_app
 from serving.store import ModelStore
 from serving.tasks import TASKS
 
@@ -88,6 +89,7 @@ def models_cmd(store: StoreOpt = DEFAULT_STORE) -> None:
 keys_app = typer.Typer(help="API keys (stored hashed).", no_args_is_help=True)
 audit_app = typer.Typer(help="The decision trail.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(rollout_app, name="rollout")
 app.add_typer(audit_app, name="audit")
 TrailOpt = Annotated[str, typer.Option("--trail", help="Trail folder or fsspec URI.")]
 

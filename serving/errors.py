@@ -61,6 +61,13 @@ class ModelNotReady(FinServeError):
     headers = {"Retry-After": "1"}
 
 
+class ModelUnavailable(FinServeError):
+    """No replica could answer (overload or lost replicas) (HTTP 503 with Retry-After)."""
+
+    status_code = 503
+    headers = {"Retry-After": "1"}
+
+
 class RequestTimeout(FinServeError):
     """The pipeline did not answer within the request timeout (HTTP 504)."""
 

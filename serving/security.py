@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from serving.errors import FinServeError
 
@@ -48,6 +48,8 @@ class RateLimited(FinServeError):
 
 class ApiKey(BaseModel):
     """One caller: its id (in logs and the decision trail), hash, models and rate."""
+
+    model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Caller id.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the secret part.")

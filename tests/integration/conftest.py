@@ -31,9 +31,10 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60, interval: float 
     raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
 
 
-def app_args(store_uri: str, **limits: Any) -> dict[str, Any]:
+def app_args(store_uri: str, audit: str, **limits: Any) -> dict[str, Any]:
     return {
         "store_uri": store_uri,
+        "audit": {"location": audit},
         "limits": {"max_body_bytes": 65536, "max_instances": 64, **limits},
         "models": [
             {"name": "fraud", "versions": ["latest", "1"],
@@ -58,13 +59,19 @@ def ray_serve() -> Iterator[int]:
 
 
 @pytest.fixture(scope="session")
-def base_url(ray_serve: int, tiny_store) -> str:
+def trail(tmp_path_factory: pytest.TempPathFactory):
+    """The decision trail folder of the session's app."""
+    return tmp_path_factory.mktemp("trail")
+
+
+@pytest.fixture(scope="session")
+def base_url(ray_serve: int, tiny_store, trail) -> str:
     """The FinServe app deployed from ``deployments.app:build_app`` on the tiny store."""
     from ray import serve
 
     from deployments.app import build_app
 
-    serve.run(build_app(app_args(tiny_store.root)), name="finserve", route_prefix="/")
+    serve.run(build_app(app_args(tiny_store.root, str(trail))), name="finserve", route_prefix="/")
     url = f"http://127.0.0.1:{ray_serve}"
     wait_for(lambda: httpx.get(f"{url}/v2/health/ready", timeout=10).status_code == 200)
     return url

@@ -8,12 +8,12 @@ from tests.integration.conftest import app_args, wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_ready_only_after_the_model_stage_has_loaded(ray_serve, tiny_store, base_url):
+def test_ready_only_after_the_model_stage_has_loaded(ray_serve, tiny_store, base_url, trail):
     from ray import serve
 
     from deployments.app import build_app
 
-    args = app_args(tiny_store.root, request_timeout_s=2)
+    args = app_args(tiny_store.root, str(trail), request_timeout_s=2)
     args["models"] = [{"name": "sentiment", "model": {"num_cpus": 64}}]  # cannot be placed yet
     deploy = lambda: serve.run_many(  # noqa: E731 - returns once the gateway exists
         [serve.RunTarget(build_app(args), name="pending", route_prefix="/pending")],

@@ -1,0 +1,360 @@
+{{/*
+Chart name, cut to 63 characters (DNS label).
+*/}}
+{{- define "finserve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified name, cut to 63 characters; the release name alone when it already holds
+the chart name.
+*/}}
+{{- define "finserve.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+RayService name: KubeRay allows 47 characters, so that "<cluster>-serve-svc" stays a valid
+Service name.
+*/}}
+{{- define "finserve.rayServiceName" -}}
+{{- include "finserve.fullname" . | trunc 47 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The Serve Service KubeRay creates for the RayService (port 8000).
+*/}}
+{{- define "finserve.serveServiceName" -}}
+{{- printf "%s-serve-svc" (include "finserve.rayServiceName" .) }}
+{{- end }}
+
+{{/*
+Chart label value.
+*/}}
+{{- define "finserve.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels.
+*/}}
+{{- define "finserve.labels" -}}
+helm.sh/chart: {{ include "finserve.chart" . }}
+{{ include "finserve.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: finserve
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels.
+*/}}
+{{- define "finserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "finserve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels of every Ray pod (head and workers); NetworkPolicy and PDB select on them.
+*/}}
+{{- define "finserve.rayPodLabels" -}}
+{{ include "finserve.labels" . }}
+app.kubernetes.io/component: ray
+{{- end }}
+
+{{/*
+Images.
+*/}}
+{{- define "finserve.imageTag" -}}
+{{- default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{- define "finserve.image" -}}
+{{- printf "%s:%s" .Values.image.repository (include "finserve.imageTag" .) }}
+{{- end }}
+
+{{- define "finserve.gpuImage" -}}
+{{- $repo := default .Values.image.repository .Values.gpuWorker.image.repository }}
+{{- $tag := default (printf "%s-gpu" (include "finserve.imageTag" .)) .Values.gpuWorker.image.tag }}
+{{- printf "%s:%s" $repo $tag }}
+{{- end }}
+
+{{/*
+ServiceAccount used by the Ray pods ("" leaves it to KubeRay and the namespace default).
+*/}}
+{{- define "finserve.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "finserve.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+API keys Secret name and the mounted file.
+*/}}
+{{- define "finserve.apiKeysSecretName" -}}
+{{- default (printf "%s-api-keys" (include "finserve.fullname" .)) .Values.apiKeys.existingSecret }}
+{{- end }}
+
+{{- define "finserve.apiKeysFile" -}}
+{{- printf "%s/%s" (trimSuffix "/" .Values.apiKeys.mountPath) .Values.apiKeys.secretKey }}
+{{- end }}
+
+{{/*
+Plaintext of the generated helm-test key (fsk_helm-test_<secret>): kept from the installed
+Secret, else generated once per render (memoized, so the key file and the plaintext agree).
+*/}}
+{{- define "finserve.testKey" -}}
+{{- if not (hasKey .Values.apiKeys "_generatedTestKey") }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "finserve.apiKeysSecretName" .) }}
+{{- $key := (dig "data" "test-api-key" "" $existing) | b64dec }}
+{{- if not $key }}
+{{- $key = printf "fsk_helm-test_%s" (randAlphaNum 43) }}
+{{- end }}
+{{- $_ := set .Values.apiKeys "_generatedTestKey" $key }}
+{{- end }}
+{{- .Values.apiKeys._generatedTestKey }}
+{{- end }}
+
+{{/*
+Where the helm test pod finds a plaintext key: {name, key}, or empty when there is none.
+*/}}
+{{- define "finserve.testKeyRef" -}}
+{{- if .Values.apiKeys.existingSecret }}
+{{- with .Values.apiKeys.testKey.existingSecret }}
+{{- toYaml (dict "name" . "key" "api-key") }}
+{{- end }}
+{{- else if .Values.apiKeys.testKey.enabled }}
+{{- toYaml (dict "name" (include "finserve.apiKeysSecretName" .) "key" "test-api-key") }}
+{{- end }}
+{{- end }}
+
+{{/*
+Model store PVC name.
+*/}}
+{{- define "finserve.storeClaimName" -}}
+{{- default (printf "%s-model-store" (include "finserve.fullname" .)) .Values.modelStore.pvc.existingClaim }}
+{{- end }}
+
+{{/*
+store_uri of the Serve application, from modelStore.
+*/}}
+{{- define "finserve.storeUri" -}}
+{{- $store := .Values.modelStore }}
+{{- if eq $store.type "s3" }}
+{{- $store.s3.uri }}
+{{- else if eq $store.type "pvc" }}
+{{- $store.pvc.mountPath }}
+{{- else }}
+{{- $store.image.path }}
+{{- end }}
+{{- end }}
+
+{{/*
+Cross-field rules and the KubeRay CRD check; each failure says how to fix the values.
+*/}}
+{{- define "finserve.validate" -}}
+{{- if not (or .Values.kuberay.skipCRDCheck (.Capabilities.APIVersions.Has "ray.io/v1/RayService")) }}
+{{- fail "the KubeRay CRDs are missing: this cluster does not serve ray.io/v1 RayService. Install the KubeRay operator first:\n  helm repo add kuberay https://ray-project.github.io/kuberay-helm/\n  helm install kuberay-operator kuberay/kuberay-operator --version 1.7.0\n(to render without a cluster, pass --api-versions ray.io/v1/RayService or --set kuberay.skipCRDCheck=true)" }}
+{{- end }}
+{{- if not (regexMatch "^[a-z]" (include "finserve.rayServiceName" .)) }}
+{{- fail (printf "the RayService name %q must start with a letter (KubeRay requires a DNS-1035 label): set fullnameOverride, e.g. fullnameOverride=finserve." (include "finserve.rayServiceName" .)) }}
+{{- end }}
+{{- if and .Values.serve.gpu.enabled (not .Values.gpuWorker.enabled) }}
+{{- fail "serve.gpu.enabled is true but gpuWorker.enabled is false: Model replicas would ask for GPUs no worker has. Set gpuWorker.enabled=true (see ci/gpu-values.yaml) or serve.gpu.enabled=false." }}
+{{- end }}
+{{- range .Values.serve.app.models }}
+{{- if and (not $.Values.gpuWorker.enabled) .model .model.num_gpus }}
+{{- fail (printf "serve.app.models[%s].model.num_gpus is %v but gpuWorker.enabled is false: set gpuWorker.enabled=true or remove num_gpus." .name .model.num_gpus) }}
+{{- end }}
+{{- end }}
+{{- if and (eq .Values.modelStore.type "s3") (not (hasPrefix "s3://" .Values.modelStore.s3.uri)) }}
+{{- fail (printf "modelStore.type is s3 but modelStore.s3.uri is %q: set it to the store root, e.g. s3://bank-models/finserve." .Values.modelStore.s3.uri) }}
+{{- end }}
+{{- if and .Values.apiKeys.existingSecret .Values.apiKeys.keys }}
+{{- fail "apiKeys.keys and apiKeys.existingSecret are both set: keep the entries in the existing Secret's key file and remove apiKeys.keys." }}
+{{- end }}
+{{- if and .Values.apiKeys.testKey.enabled (not .Values.apiKeys.existingSecret) }}
+{{- range .Values.apiKeys.keys }}
+{{- if eq .id "helm-test" }}
+{{- fail "apiKeys.keys has an entry with id helm-test, the chart's own test key: rename it or set apiKeys.testKey.enabled=false." }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if gt (int .Values.cpuWorker.minReplicas) (int .Values.cpuWorker.maxReplicas) }}
+{{- fail (printf "cpuWorker.minReplicas (%d) exceeds cpuWorker.maxReplicas (%d): raise maxReplicas or lower minReplicas." (int .Values.cpuWorker.minReplicas) (int .Values.cpuWorker.maxReplicas)) }}
+{{- end }}
+{{- if gt (int .Values.gpuWorker.minReplicas) (int .Values.gpuWorker.maxReplicas) }}
+{{- fail (printf "gpuWorker.minReplicas (%d) exceeds gpuWorker.maxReplicas (%d): raise maxReplicas or lower minReplicas." (int .Values.gpuWorker.minReplicas) (int .Values.gpuWorker.maxReplicas)) }}
+{{- end }}
+{{- if .Values.ingress.enabled }}
+{{- if not .Values.ingress.hosts }}
+{{- fail "ingress.enabled is true but ingress.hosts is empty: list at least one host, e.g. ingress.hosts[0].host=finserve.example.com." }}
+{{- end }}
+{{- $hosts := list }}
+{{- range .Values.ingress.hosts }}{{ $hosts = append $hosts .host }}{{ end }}
+{{- range .Values.ingress.tls }}
+{{- if not .hosts }}
+{{- fail (printf "ingress.tls entry with secretName %q has no hosts: list the hosts its certificate covers (each one also in ingress.hosts)." (default "" .secretName)) }}
+{{- end }}
+{{- range .hosts }}
+{{- if not (has . $hosts) }}
+{{- fail (printf "ingress.tls host %q is not one of ingress.hosts %v: add it to ingress.hosts or remove it from ingress.tls." . $hosts) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Serve config (serveConfigV2): deployments/serve.yaml's application with the values' app
+args, store_uri from modelStore and, with GPU serving, fractional GPUs on the Model stage.
+*/}}
+{{- define "finserve.serveConfig" -}}
+{{- $app := deepCopy .Values.serve.app }}
+{{- $_ := set $app "store_uri" (include "finserve.storeUri" .) }}
+{{- if .Values.serve.gpu.enabled }}
+{{- $models := list }}
+{{- range $app.models }}
+{{- $stage := default (dict) .model }}
+{{- if not $stage.num_gpus }}
+{{- $_ := set $stage "num_gpus" $.Values.serve.gpu.modelReplicaGpus }}
+{{- end }}
+{{- $_ := set . "model" $stage }}
+{{- $models = append $models . }}
+{{- end }}
+{{- $_ := set $app "models" $models }}
+{{- end }}
+{{- $application := dict "name" "finserve" "route_prefix" "/" "import_path" "deployments.app:build_app" "args" $app }}
+{{- $config := dict "proxy_location" .Values.serve.proxyLocation "http_options" (dict "host" "0.0.0.0" "port" 8000) "applications" (list $application) }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/*
+Environment of every Ray container: API keys, model store, extra env.
+*/}}
+{{- define "finserve.rayEnv" -}}
+- name: FINSERVE_REQUIRE_AUTH
+  value: {{ .Values.apiKeys.requireAuth | quote }}
+- name: FINSERVE_API_KEYS_FILE
+  value: {{ include "finserve.apiKeysFile" . | quote }}
+- name: FINSERVE_STORE
+  value: {{ include "finserve.storeUri" . | quote }}
+- name: {{ dig "audit" "token_key_env" "FINSERVE_TOKEN_KEY" .Values.serve.app }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ default (printf "%s-audit" (include "finserve.fullname" .)) .Values.audit.tokenKeySecret }}
+      key: token-key
+{{- if eq .Values.modelStore.type "s3" }}
+{{- with .Values.modelStore.s3.region }}
+- name: AWS_DEFAULT_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.modelStore.s3.credentialsSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.modelStore.s3.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.modelStore.s3.secretAccessKeyKey }}
+- name: AWS_ENDPOINT_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.modelStore.s3.endpointUrlKey }}
+      optional: true
+{{- end }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Volumes of every Ray pod and their mounts in the Ray container.
+*/}}
+{{- define "finserve.rayVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpVolume.sizeLimit }}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .Values.sharedMemory.sizeLimit }}
+- name: api-keys
+  secret:
+    secretName: {{ include "finserve.apiKeysSecretName" . }}
+    defaultMode: 0440
+    # only the key file (hashes); never the helm-test plaintext
+    items:
+      - key: {{ .Values.apiKeys.secretKey }}
+        path: {{ .Values.apiKeys.secretKey }}
+{{- if eq .Values.modelStore.type "pvc" }}
+- name: model-store
+  persistentVolumeClaim:
+    claimName: {{ include "finserve.storeClaimName" . }}
+    readOnly: {{ .Values.modelStore.pvc.readOnly }}
+{{- end }}
+{{- end }}
+
+{{- define "finserve.rayVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: dshm
+  mountPath: /dev/shm
+- name: api-keys
+  mountPath: {{ .Values.apiKeys.mountPath }}
+  readOnly: true
+{{- if eq .Values.modelStore.type "pvc" }}
+- name: model-store
+  mountPath: {{ .Values.modelStore.pvc.mountPath }}
+  readOnly: {{ .Values.modelStore.pvc.readOnly }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod spec fields shared by the head and worker templates.
+*/}}
+{{- define "finserve.podCommon" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+volumes:
+  {{- include "finserve.rayVolumes" . | nindent 2 }}
+{{- end }}
+
+{{/*
+A sample V2 inference request body for a model's task ("" when the chart knows none).
+*/}}
+{{- define "finserve.sampleRequest" -}}
+{{- $task := default .name .task }}
+{{- if eq $task "fraud" -}}
+{"inputs":[{"name":"features","datatype":"FP32","shape":[1,9],"data":[129.5,2,0.7,850,4,0,1,30,6.5]}]}
+{{- else if eq $task "sentiment" -}}
+{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["Acme Bank beats estimates as profit surges"]}]}
+{{- else if eq $task "credit" -}}
+{"inputs":[{"name":"applicant","datatype":"FP32","shape":[1,12],"data":[85000,0.25,0.3,12,0,1,5,20000,36,6,1,0]}]}
+{{- end }}
+{{- end }}

@@ -1,0 +1,140 @@
+"""The chart lints strictly and every rendered object passes its schema."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+
+from tests.chart.chartlib import (
+    CHART,
+    CI_VALUES,
+    MONITORING_API,
+    RAY_API,
+    REPO,
+    containers,
+    crd_validator,
+    helm,
+    one,
+    render,
+    render_error,
+    validate_kubernetes,
+    write_values,
+)
+
+pytestmark = pytest.mark.chart
+
+CORE_KINDS = {
+    "Secret", "Ingress", "NetworkPolicy", "PodDisruptionBudget", "Pod", "ServiceAccount",
+    "PersistentVolumeClaim",
+}
+
+
+@pytest.mark.parametrize("values", list(CI_VALUES))
+def test_chart_lints_strictly_with_each_values_file(values: str) -> None:
+    args = ["lint", "--strict", str(CHART), "--set", "kuberay.skipCRDCheck=true"]
+    if CI_VALUES[values]:
+        args += ["-f", str(CI_VALUES[values])]
+    out = helm(*args)
+    assert "0 chart(s) failed" in out
+    assert "[WARNING]" not in out and "[ERROR]" not in out
+
+
+@pytest.mark.parametrize("values", list(CI_VALUES))
+def test_every_core_object_validates_against_the_kubernetes_schema(values: str) -> None:
+    objects = render(values, api_versions=(RAY_API, MONITORING_API))
+    core = [o for o in objects if o["kind"] in CORE_KINDS]
+    assert {"NetworkPolicy", "PodDisruptionBudget", "Pod"} <= {o["kind"] for o in core}
+    unknown = {o["kind"] for o in objects} - CORE_KINDS - {"RayService", "PodMonitor"}
+    assert not unknown, f"kinds without a schema check: {unknown}"
+    for obj in core:
+        validate_kubernetes(obj)
+
+
+@pytest.mark.parametrize("values", list(CI_VALUES))
+def test_rayservice_validates_against_the_kuberay_crd(values: str) -> None:
+    rayservice = one(render(values), "RayService")
+    errors = sorted(crd_validator().iter_errors(rayservice), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def test_the_strict_crd_schema_rejects_an_unknown_field() -> None:
+    rayservice = one(render(), "RayService")
+    rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParamz"] = {}
+    assert not crd_validator().is_valid(rayservice)
+
+
+def test_the_kubernetes_validation_rejects_an_unknown_field() -> None:
+    pdb = one(render(), "PodDisruptionBudget")
+    pdb["spec"]["selectr"] = pdb["spec"].pop("selector")
+    with pytest.raises(kubernetes_validate.ValidationError, match="'selectr' was unexpected"):
+        validate_kubernetes(pdb)
+
+
+def test_ray_pod_templates_validate_as_kubernetes_pod_specs() -> None:
+    rayservice = one(render("gpu"), "RayService")
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    assert len(groups) == 3
+    for group in groups:
+        template = group["template"]
+        validate_kubernetes(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ray", **template["metadata"]},
+             "spec": template["spec"]}
+        )
+
+
+def test_podmonitor_scrapes_the_ray_metrics_port_when_prometheus_operator_exists() -> None:
+    objects = render("production", api_versions=(RAY_API, MONITORING_API))
+    monitor = one(objects, "PodMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    ray_labels = one(objects, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"][
+        "template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= ray_labels.items()
+    endpoints = monitor["spec"]["podMetricsEndpoints"]
+    assert [e["port"] for e in endpoints] == ["metrics"]
+    assert endpoints[0]["path"] == "/metrics" and endpoints[0]["interval"] == "15s"
+    for label, container in containers(objects):
+        if label.startswith(("head", "worker")):
+            assert {"name": "metrics", "containerPort": 8080} in container["ports"], label
+
+
+def test_podmonitor_is_skipped_without_the_monitoring_api() -> None:
+    objects = render("production", api_versions=(RAY_API,))
+    assert "PodMonitor" not in {o["kind"] for o in objects}
+
+
+def test_values_schema_app_definitions_are_generated_from_app_args() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "gen_chart_schema.py"), "--check"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"ingress": {"enabeld": True}}, "'enabeld' not allowed"),
+        ({"cpuWorker": {"maxReplica": 3}}, "'maxReplica' not allowed"),
+        ({"cpuWorker": {"gpusPerPod": 1}}, "'gpusPerPod' not allowed"),
+        ({"serve": {"app": {"models": [{"name": "fraud", "model": {"max_batch_sise": 8}}]}}},
+         "'max_batch_sise' not allowed"),
+        ({"serve": {"app": {"models": [{"name": "fraud", "versions": [2]}]}}}, "want string"),
+        ({"serve": {"app": {"models": []}}}, "minItems"),
+        ({"head": {"resources": {"limits": None}}}, "missing property 'limits'"),
+        ({"modelStore": {"type": "nfs"}}, "/modelStore/type"),
+    ],
+    ids=["top-level", "worker", "gpu-only-key", "stage", "int-version", "no-models",
+         "no-limits", "store-type"],
+)
+def test_values_schema_rejects_typos_and_wrong_types(
+    tmp_path: Path, values: dict, complaint: str
+) -> None:
+    error = render_error(write_values(tmp_path, values))
+    assert "values don't meet the specifications of the schema" in error
+    assert complaint in error

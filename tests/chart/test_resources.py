@@ -1,0 +1,311 @@
+"""Pods are locked down and sized; Ingress, Secrets, model store, policies, helm test, NOTES."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deployments.config import AppArgs
+from serving.security import ApiKey, KeyRing, Unauthenticated, hash_secret
+from tests.chart.chartlib import (
+    CHART,
+    CI_VALUES,
+    containers,
+    helm_binary,
+    one,
+    pod_specs,
+    render,
+    render_error,
+    write_values,
+)
+
+pytestmark = pytest.mark.chart
+
+ALL_VALUES = list(CI_VALUES)
+
+
+def ray_containers(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(label, c) for label, c in containers(objects) if label.startswith(("head", "worker"))]
+
+
+def serve_args(values: str | None = None) -> AppArgs:
+    config = yaml.safe_load(one(render(values), "RayService")["spec"]["serveConfigV2"])
+    return AppArgs.model_validate(config["applications"][0]["args"])
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_every_container_runs_non_root_without_privileges(values: str) -> None:
+    found = list(containers(render(values)))
+    assert len(found) >= 4  # head, cpu worker, autoscaler, test pod
+    for label, container in found:
+        sc = container["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 1000, label
+        assert sc["allowPrivilegeEscalation"] is False, label
+        assert sc["capabilities"]["drop"] == ["ALL"], label
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, label
+        assert sc["readOnlyRootFilesystem"] is True, label
+    for label, spec in pod_specs(render(values)):
+        assert spec["securityContext"]["runAsNonRoot"] is True, label
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", label
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_every_container_has_cpu_and_memory_requests_and_limits(values: str) -> None:
+    for label, container in containers(render(values)):
+        resources = container["resources"]
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(resources[kind]), f"{label} {kind}"
+
+
+def test_ray_writes_only_to_tmp_and_shared_memory_emptydirs() -> None:
+    objects = render("gpu")
+    for label, spec in pod_specs(objects):
+        if label.startswith("pod "):
+            continue
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert "emptyDir" in volumes["tmp"] and volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+        (container,) = spec["containers"]
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts["/tmp"] == "tmp" and mounts["/dev/shm"] == "dshm", label
+    autoscaler = one(objects, "RayService")["spec"]["rayClusterConfig"]["autoscalerOptions"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in autoscaler["volumeMounts"]
+
+
+def test_ingress_routes_to_the_kuberay_serve_service_on_port_8000() -> None:
+    ingress = one(render("production"), "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert paths and all(
+        p["backend"]["service"] == {"name": "finserve-serve-svc", "port": {"number": 8000}}
+        for p in paths
+    )
+    assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt"
+
+
+def test_production_values_render_tls_for_the_ingress_host() -> None:
+    spec = one(render("production"), "Ingress")["spec"]
+    assert spec["tls"] == [{"hosts": ["finserve.bank.example.com"], "secretName": "finserve-tls"}]
+    assert spec["rules"][0]["host"] == "finserve.bank.example.com"
+
+
+def test_default_values_render_no_ingress() -> None:
+    assert "Ingress" not in {o["kind"] for o in render()}
+
+
+def secret_named(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == name)
+
+
+def key_file(objects: list[dict[str, Any]]) -> KeyRing:
+    data = secret_named(objects, "finserve-api-keys")["data"]
+    parsed = yaml.safe_load(base64.b64decode(data["keys.yaml"]))
+    return KeyRing([ApiKey.model_validate(k) for k in parsed["keys"]])
+
+
+def test_the_generated_test_key_authenticates_against_the_rendered_key_file() -> None:
+    objects = render()
+    data = secret_named(objects, "finserve-api-keys")["data"]
+    plaintext = base64.b64decode(data["test-api-key"]).decode()
+    assert plaintext.startswith("fsk_helm-test_")
+    ring = key_file(objects)
+    assert list(ring.keys) == ["helm-test"]
+    assert ring.authenticate(f"Bearer {plaintext}").rate_per_s == 5
+    with pytest.raises(Unauthenticated):
+        ring.authenticate(f"Bearer {plaintext[:-1]}x")
+    assert plaintext not in base64.b64decode(data["keys.yaml"]).decode()
+
+
+def test_ray_pods_mount_only_the_hashed_key_file_and_require_auth() -> None:
+    objects = render()
+    for label, spec in pod_specs(objects):
+        if label.startswith("pod "):
+            continue
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        secret = volumes["api-keys"]["secret"]
+        assert secret["secretName"] == "finserve-api-keys", label
+        assert secret["items"] == [{"key": "keys.yaml", "path": "keys.yaml"}], label
+    for label, container in ray_containers(objects):
+        env = env_of(container)
+        assert env["FINSERVE_REQUIRE_AUTH"] == "true", label
+        assert env["FINSERVE_API_KEYS_FILE"] == "/etc/finserve/api-keys/keys.yaml", label
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "api-keys")
+        assert mount == {"name": "api-keys", "mountPath": "/etc/finserve/api-keys",
+                         "readOnly": True}
+
+
+def test_api_key_entries_from_values_join_the_key_file(tmp_path: Path) -> None:
+    secret = "Zq8vT3mW9pL2xR7cK4nB6yH1dF5gJ0sA"
+    entry = ApiKey(id="teller-app", sha256=hash_secret(secret), models=["fraud"], rate_per_s=50)
+    plaintext = f"fsk_teller-app_{secret}"
+    values = {"apiKeys": {"keys": [entry.model_dump(exclude_none=True)]}}
+    ring = key_file(render(write_values(tmp_path, values)))
+    assert set(ring.keys) == {"teller-app", "helm-test"}
+    key = ring.authenticate(f"Bearer {plaintext}")
+    assert key.id == "teller-app" and key.may_call("fraud") and not key.may_call("credit")
+
+
+def test_the_values_schema_refuses_plaintext_or_malformed_key_entries(tmp_path: Path) -> None:
+    bad = {"apiKeys": {"keys": [{"id": "teller-app", "sha256": "not-a-hash", "key": "fsk_x"}]}}
+    error = render_error(write_values(tmp_path, bad))
+    assert "/apiKeys/keys/0" in error and "'key' not allowed" in error
+    assert "'not-a-hash' does not match pattern '^[0-9a-f]{64}$'" in error
+
+
+def test_an_existing_key_file_secret_is_used_and_none_is_created() -> None:
+    objects = render("production")
+    assert "finserve-api-keys" not in {o["metadata"]["name"] for o in objects
+                                       if o["kind"] == "Secret"}
+    for label, spec in pod_specs(objects):
+        if label.startswith("pod "):
+            continue
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["api-keys"]["secret"]["secretName"] == "finserve-api-keys", label
+
+
+def test_every_ray_container_shares_the_audit_token_key() -> None:
+    objects = render()
+    token = secret_named(objects, "finserve-audit")["data"]["token-key"]
+    assert len(base64.b64decode(token)) == 48
+    for label, container in ray_containers(objects):
+        ref = env_of(container)["FINSERVE_TOKEN_KEY"]["secretKeyRef"]
+        assert ref == {"name": "finserve-audit", "key": "token-key"}, label
+    for label, container in ray_containers(render("production")):
+        ref = env_of(container)["FINSERVE_TOKEN_KEY"]["secretKeyRef"]
+        assert ref["name"] == "finserve-audit-token-key", label
+
+
+def test_the_decision_trail_goes_where_a_read_only_pod_can_write() -> None:
+    assert serve_args().audit.location == "stdout"
+    assert serve_args("production").audit.location == "s3://bank-audit/finserve"
+
+
+def test_s3_credentials_come_from_the_credentials_secret() -> None:
+    for label, container in ray_containers(render("production")):
+        env = env_of(container)
+        assert env["FINSERVE_STORE"] == "s3://bank-models/finserve", label
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+            ref = env[var]["secretKeyRef"]
+            assert ref["name"] == "finserve-model-store" and ref["key"] == var, label
+        assert env["AWS_ENDPOINT_URL"]["secretKeyRef"]["optional"] is True
+
+
+def test_a_pvc_model_store_is_created_kept_and_mounted_read_only(tmp_path: Path) -> None:
+    objects = render(write_values(tmp_path, {"modelStore": {"type": "pvc"}}))
+    claim = one(objects, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == "finserve-model-store"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    for label, container in ray_containers(objects):
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "model-store")
+        assert mount["mountPath"] == "/models" and mount["readOnly"] is True, label
+
+
+def test_an_existing_claim_is_mounted_and_none_is_created(tmp_path: Path) -> None:
+    values = {"modelStore": {"type": "pvc", "pvc": {"existingClaim": "models-nfs"}}}
+    objects = render(write_values(tmp_path, values))
+    assert "PersistentVolumeClaim" not in {o["kind"] for o in objects}
+    for label, spec in pod_specs(objects):
+        if label.startswith("pod "):
+            continue
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]
+                  if "persistentVolumeClaim" in v]
+        assert claims == ["models-nfs"], label
+
+
+def test_network_policy_opens_serve_only_to_listed_peers_and_the_helm_test() -> None:
+    policy = one(render("production"), "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "ray"
+    serve_rules = [r for r in policy["ingress"] if r.get("ports") == [
+        {"port": 8000, "protocol": "TCP"}]]
+    (serve,) = serve_rules
+    peers = serve["from"]
+    assert {"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "ingress-nginx"}}} in peers
+    assert any(p.get("podSelector", {}).get("matchLabels", {}).get(
+        "app.kubernetes.io/component") == "test" for p in peers)
+    operator = next(r for r in policy["ingress"] if {"port": 8265, "protocol": "TCP"} in r.get(
+        "ports", []))
+    assert operator["from"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "kuberay-operator"}
+
+
+def test_default_network_policy_leaves_serve_open_to_all() -> None:
+    policy = one(render(), "NetworkPolicy")["spec"]
+    serve = next(r for r in policy["ingress"] if r.get("ports") == [
+        {"port": 8000, "protocol": "TCP"}])
+    assert "from" not in serve
+
+
+def test_disruption_budget_protects_the_ray_head() -> None:
+    pdb = one(render(), "PodDisruptionBudget")["spec"]
+    assert pdb["minAvailable"] == 1
+    assert pdb["selector"]["matchLabels"]["ray.io/node-type"] == "head"
+
+
+def helm_test_script(values: str | Path | None = None) -> tuple[str, dict[str, Any]]:
+    pod = one(render(values), "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    return pod["spec"]["containers"][0]["args"][0], pod["spec"]
+
+
+def test_helm_test_pod_checks_readiness_auth_and_infers_with_the_test_key() -> None:
+    script, spec = helm_test_script()
+    base = "http://finserve-serve-svc.finserve-test.svc:8000"
+    assert f"curl_ -f {base}/v2/health/ready" in script
+    assert 'test "$code" = 401' in script  # an inference without a key is refused
+    assert f"{base}/v2/models/fraud/infer" in script and '"shape":[1,9]' in script
+    assert f"{base}/v2/models/sentiment/infer" in script and '"datatype":"BYTES"' in script
+    assert 'AUTH="Authorization: Bearer $(cat /etc/finserve/test-key/api-key)"' in script
+    (volume,) = spec["volumes"]
+    assert volume["secret"]["secretName"] == "finserve-api-keys"
+    assert volume["secret"]["items"] == [{"key": "test-api-key", "path": "api-key"}]
+
+
+def test_helm_test_uses_the_given_test_key_secret_with_an_existing_key_file() -> None:
+    _, spec = helm_test_script("production")
+    (volume,) = spec["volumes"]
+    assert volume["secret"]["secretName"] == "finserve-helm-test-key"
+    assert volume["secret"]["items"] == [{"key": "api-key", "path": "api-key"}]
+
+
+def test_helm_test_without_a_test_key_checks_readiness_and_refusal_only(tmp_path: Path) -> None:
+    values = {"apiKeys": {"existingSecret": "keys", "testKey": {"existingSecret": ""}}}
+    script, spec = helm_test_script(write_values(tmp_path, values))
+    assert "/v2/health/ready" in script and 'test "$code" = 401' in script
+    assert "Bearer" not in script and "volumes" not in spec
+
+
+def notes(*args: str) -> str:
+    proc = subprocess.run(
+        [helm_binary(), "install", "finserve", str(CHART), "--dry-run=client", "-n", "banking",
+         "--set", "kuberay.skipCRDCheck=true", *args],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "KUBECONFIG": os.devnull},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_show_the_port_forward_and_a_first_request() -> None:
+    text = notes()
+    assert "kubectl -n banking port-forward svc/finserve-serve-svc 8000:8000" in text
+    assert "curl -s $FINSERVE_URL/v2/health/ready" in text
+    assert "$FINSERVE_URL/v2/models/fraud/infer" in text
+    assert "kubectl -n banking get secret finserve-api-keys -o jsonpath='{.data.test-api-key}'" \
+        in text
+    assert "helm test finserve --namespace banking" in text
+
+
+def test_notes_use_the_ingress_host_over_https_in_production() -> None:
+    text = notes("-f", str(CI_VALUES["production"]))
+    assert "export FINSERVE_URL=https://finserve.bank.example.com" in text
+    assert "port-forward" not in text
+
