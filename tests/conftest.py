@@ -19,14 +19,26 @@ def golden(name: str) -> Any:
     return json.loads((TESTDATA / name).read_text())
 
 
+#: the models every test session trains small: (task, samples, epochs, seed)
+TINY_MODELS = (
+    ("fraud", 8000, 3, 1),
+    ("fraud", 8000, 4, 2),
+    ("fraud", 8000, 2, 3),
+    ("sentiment", 2000, 2, 1),
+    ("credit", 8000, 4, 1),
+    ("digits", None, 10, 1),
+    ("forecast", 6000, 3, 1),
+    ("recommend", 4000, 4, 1),
+)
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory):
-    """fraud v1 and v2 and sentiment v1, trained small and fast on the built-in data."""
+    """Every task trained small and fast on its built-in data (fraud in three versions)."""
     from serving.store import ModelStore
     from serving.training import train
 
     store = ModelStore(tmp_path_factory.mktemp("store"))
-    train("fraud", store, samples=8000, epochs=3, seed=1)
-    train("fraud", store, samples=8000, epochs=4, seed=2)
-    train("sentiment", store, samples=2000, epochs=2, seed=1)
+    for task, samples, epochs, seed in TINY_MODELS:
+        train(task, store, samples=samples, epochs=epochs, seed=seed)
     return store

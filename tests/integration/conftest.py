@@ -13,6 +13,10 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
+#: every task the session's app serves; fraud first
+ALL_MODELS = ("fraud", "sentiment", "credit", "digits", "forecast", "recommend")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,9 +41,9 @@ def app_args(store_uri: str, audit: str, **limits: Any) -> dict[str, Any]:
         "audit": {"location": audit},
         "limits": {"max_body_bytes": 65536, "max_instances": 64, **limits},
         "models": [
-            {"name": "fraud", "versions": ["latest", "1"],
+            {"name": "fraud", "versions": ["2", "1"],
              "model": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002}},
-            {"name": "sentiment"},
+            *({"name": name} for name in ALL_MODELS[1:]),
         ],
     }
 

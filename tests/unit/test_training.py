@@ -25,7 +25,7 @@ def test_manifest_records_what_a_model_risk_team_asks_for(tiny_store):
 
 
 def test_each_training_run_is_a_new_version(tiny_store):
-    assert tiny_store.versions("fraud") == ["1", "2"]
+    assert tiny_store.versions("fraud") == ["1", "2", "3"]
     one, two = tiny_store.manifest("fraud", "1"), tiny_store.manifest("fraud", "2")
     assert one.artifact_sha256 != two.artifact_sha256
     assert one.training_data["sha256"] != two.training_data["sha256"]  # other seed, other data
