@@ -12,7 +12,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from deployments.config import AppArgs
+from deployments.config import GATEWAY, AppArgs, Routing
 from deployments.gateway import Gateway
 from deployments.stages import Model, Postprocess, Preprocess
 from serving.store import ModelStore
@@ -31,8 +31,8 @@ def _env_flag(name: str, default: bool) -> bool:
 
 
 def build_app(args: dict[str, Any] | AppArgs) -> Application:
-    """Bind the Serve application; versions are resolved in the store now, so a missing
-    model or version fails the deploy with a message instead of failing requests later."""
+    """Bind the Serve application. A model missing from the store fails the deploy with a
+    message now instead of failing requests later."""
     args = AppArgs.model_validate(args) if isinstance(args, dict) else args
     args = args.model_copy(deep=True, update={"store_uri": resolve_store_uri(args.store_uri)})
     if args.audit.location != "stdout":
@@ -41,45 +41,30 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
     security.require_auth = _env_flag("FINSERVE_REQUIRE_AUTH", security.require_auth)
     security.api_keys_file = os.environ.get("FINSERVE_API_KEYS_FILE", security.api_keys_file)
     store = ModelStore(args.store_uri)
-    routing: dict[str, dict[str, Any]] = {"versions": {}, "traffic": {}, "shadow": {}}
     handles: dict[str, dict[str, Any]] = {}
     for m in args.models:
-        try:
-            resolve = {v: store.resolve(m.name, v) for v in m.all_versions}
-        except Exception as exc:
+        if not store.versions(m.name):
             raise ValueError(
-                f"model '{m.name}' cannot be served from {args.store_uri}: {exc}. "
+                f"model '{m.name}' has no version in {args.store_uri}. "
                 f"Train it first: finserve train {m.task_name} --store {args.store_uri}"
-            ) from exc
-        routing["versions"][m.name] = list(dict.fromkeys(resolve[v] for v in m.versions))
-        if m.traffic:
-            routing["traffic"][m.name] = {resolve[v]: w for v, w in m.traffic.items()}
-        if m.shadow:
-            routing["shadow"][m.name] = resolve[m.shadow]
-        served = list(dict.fromkeys(resolve.values()))
+            )
         init = {"store_uri": args.store_uri, "model": m.name, "task": m.task_name}
-        steps_config = {"versions": served, "options": m.options}
-        model_config = {"versions": served, **m.model.model_dump(
-            include={"max_batch_size", "batch_wait_timeout_s"})}
-        threads = m.model.model_dump(include={"intra_op_threads", "inter_op_threads"})
         handles[m.name] = {
             "preprocess": Preprocess.options(
-                **m.preprocess.deployment_options(f"{m.name}-preprocess"),
-                user_config=steps_config,
+                **m.preprocess.deployment_options(f"{m.name}-preprocess")
             ).bind(**init),
-            "model": Model.options(
-                **m.model.deployment_options(f"{m.name}-model"), user_config=model_config
-            ).bind(**init, threads=threads),
+            "model": Model.options(**m.model.deployment_options(f"{m.name}-model")).bind(
+                **init, settings=m.model.model_dump(include={
+                    "max_batch_size", "batch_wait_timeout_s", "intra_op_threads",
+                    "inter_op_threads"})
+            ),
             "postprocess": Postprocess.options(
-                **m.postprocess.deployment_options(f"{m.name}-postprocess"),
-                user_config=steps_config,
-            ).bind(**init),
+                **m.postprocess.deployment_options(f"{m.name}-postprocess")
+            ).bind(**init, options=m.options),
         }
+    # routing (versions, canary, shadow) is the gateway's user_config: the Serve config's
+    # `deployments: [{name: gateway, user_config: ...}]` overrides this default in place
     gateway = Gateway.options(
-        **args.gateway.deployment_options("gateway"), user_config=routing
+        **args.gateway.deployment_options(GATEWAY), user_config=Routing().model_dump()
     )
-    static = args.model_dump()
-    for model in static["models"]:  # versions live in user_config: changed in place
-        for key in ("versions", "traffic", "shadow"):
-            model.pop(key)
-    return gateway.bind(static, handles)
+    return gateway.bind(args.model_dump(), handles)

@@ -85,23 +85,11 @@ class ModelSettings(_Strict):
 
     name: str = Field(description="Name in URLs and in the model store.")
     task: str | None = Field(None, description="Task module (serving.tasks); defaults to name.")
-    versions: list[str] = Field(
-        default_factory=lambda: ["latest"],
-        description="Versions served; the first answers requests that name none.",
-    )
     preprocess: Stage = Field(default_factory=Stage)
     model: ModelStageSettings = Field(default_factory=ModelStageSettings)
     postprocess: Stage = Field(default_factory=Stage)
     options: dict[str, Any] = Field(
         default_factory=dict, description="Postprocessing options (decision thresholds)."
-    )
-    traffic: dict[str, int] | None = Field(
-        None, description="Weighted split of unpinned requests, e.g. {'2': 90, '3': 10}; "
-        "sticky per x-routing-key header.",
-    )
-    shadow: str | None = Field(
-        None, description="A version that gets a copy of live traffic; answers are recorded "
-        "for `finserve compare`, never returned.",
     )
 
     @field_validator("name")
@@ -124,19 +112,50 @@ class ModelSettings(_Strict):
             raise ValueError(
                 f"model '{self.name}': unknown task '{self.task_name}'; known: {sorted(TASKS)}"
             )
+        return self
+
+
+class ModelRouting(_Strict):
+    """Which versions of one model answer: the gateway's ``user_config``, so a change is
+    applied to running replicas in place."""
+
+    versions: list[str] = Field(
+        default_factory=lambda: ["latest"],
+        description="Versions served; the first answers requests that name none.",
+    )
+    traffic: dict[str, int] | None = Field(
+        None, description="Weighted split of unpinned requests, e.g. {'2': 90, '3': 10}; "
+        "sticky per x-routing-key header.",
+    )
+    shadow: str | None = Field(
+        None, description="A version that gets a copy of live traffic; its answers are "
+        "recorded for `finserve compare`, never returned.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelRouting:
         if not self.versions or len(set(self.versions)) != len(self.versions):
-            raise ValueError(f"model '{self.name}': versions must be a non-empty unique list")
+            raise ValueError("versions must be a non-empty list without repeats")
         if self.traffic is not None and (
             sum(self.traffic.values()) != 100 or min(self.traffic.values()) < 0
         ):
-            raise ValueError(f"model '{self.name}': traffic weights must be >= 0 and add to 100")
+            raise ValueError("traffic weights must be >= 0 and add up to 100")
         return self
 
     @property
     def all_versions(self) -> list[str]:
-        """Every version the model's stages must serve: listed, weighted and shadow."""
+        """Every version to serve: listed, weighted and shadow."""
         extra = [*(self.traffic or {}), *([self.shadow] if self.shadow else [])]
         return list(dict.fromkeys([*self.versions, *extra]))
+
+
+class Routing(_Strict):
+    """The gateway deployment's ``user_config``: routing per model (absent: latest)."""
+
+    models: dict[str, ModelRouting] = Field(default_factory=dict)
+
+    def of(self, model: str) -> ModelRouting:
+        return self.models.get(model) or ModelRouting()
 
 
 class Limits(_Strict):
@@ -188,10 +207,27 @@ class AppArgs(_Strict):
         return next(m for m in self.models if m.name == name)
 
 
+GATEWAY = "gateway"
+
+
 def load_serve_config(path: str | Path) -> tuple[dict[str, Any], AppArgs]:
-    """Read a Serve config file; return it and the first application's parsed args."""
+    """Read a Serve config file; return it and the first application's parsed args
+    (its gateway routing is checked too)."""
     config = yaml.safe_load(Path(path).read_text())
     apps = config.get("applications") or []
     if not apps:
         raise ValueError(f"{path}: no applications")
-    return config, AppArgs.model_validate(apps[0].get("args") or {})
+    args = AppArgs.model_validate(apps[0].get("args") or {})
+    routing = routing_of(apps[0])
+    unknown = set(routing.models) - {m.name for m in args.models}
+    if unknown:
+        raise ValueError(f"{path}: routing names models that are not served: {sorted(unknown)}")
+    return config, args
+
+
+def routing_of(app: dict[str, Any]) -> Routing:
+    """The gateway's routing in an application config (its deployments' user_config)."""
+    for deployment in app.get("deployments") or []:
+        if deployment.get("name") == GATEWAY:
+            return Routing.model_validate(deployment.get("user_config") or {})
+    return Routing()

@@ -19,7 +19,7 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.config import AppArgs, ModelSettings
+from deployments.config import AppArgs, ModelSettings, Routing
 from deployments.http import (
     KEY_SCOPE_KEY,
     AuthMiddleware,
@@ -92,6 +92,16 @@ class Served:
             raise VersionNotFound(self.name, requested, self.pinnable)
         return requested
 
+    def warm(self) -> None:
+        """Ask the stages to load every routed version before traffic reaches it."""
+        versions = list(dict.fromkeys(
+            [*self.pinnable, *([self.shadow] if self.shadow else [])]))
+        for stage in (self.preprocess, self.model, self.postprocess):
+            try:
+                stage.preload.remote(versions)  # best effort: one replica each
+            except Exception:  # the first request of a version will load it instead
+                log.warning("could not ask %s to preload %s", self.name, versions)
+
     @property
     def pinnable(self) -> list[str]:
         return list(dict.fromkeys([*self.versions, *(self.traffic or {})]))
@@ -147,12 +157,25 @@ class Gateway:
             log.warning("FinServe is running OPEN: no API key is required (security.require_auth)")
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """Served versions, traffic splits and shadows per model, changed in place."""
-        for name, versions in config["versions"].items():
+        """Routing (versions, traffic splits, shadows) applied in place; versions are
+        resolved in the store here, so an unknown one fails this update with a message."""
+        routing = Routing.model_validate(config)
+        unknown = set(routing.models) - set(self.models)
+        if unknown:
+            raise ValueError(f"routing names models that are not served: {sorted(unknown)}")
+        resolved = {}
+        for name in self.models:
+            wanted = routing.of(name)
+            version = {v: self.store.resolve(name, v) for v in wanted.all_versions}
+            resolved[name] = (
+                list(dict.fromkeys(version[v] for v in wanted.versions)),
+                {version[v]: w for v, w in wanted.traffic.items()} if wanted.traffic else None,
+                version[wanted.shadow] if wanted.shadow else None,
+            )
+        for name, (versions, traffic, shadow) in resolved.items():  # all or nothing
             served = self.models[name]
-            served.versions = list(versions)
-            served.traffic = (config.get("traffic") or {}).get(name)
-            served.shadow = (config.get("shadow") or {}).get(name)
+            served.versions, served.traffic, served.shadow = versions, traffic, shadow
+            served.warm()
 
     # --- admission ----------------------------------------------------------------------
     def admit(self, request: Request, model: str) -> tuple[Served, ApiKey | None]:

@@ -1,7 +1,7 @@
 """The three stage deployments of a model's pipeline: thin adapters over serving.runtime.
 
-Versions, batching and postprocessing options arrive as ``user_config``, so changing them
-reconfigures running replicas in place (``reconfigure``) instead of replacing them.
+Stages take no routing: they answer for whichever version the gateway names (versions are
+immutable), so routing changes touch only the gateway's ``user_config``.
 """
 
 from __future__ import annotations
@@ -18,16 +18,17 @@ from serving.store import ModelStore
 
 
 class _Steps:
-    """A model's task steps, configured with its versions and options."""
+    """A model's task steps; any published version is loaded on first use."""
 
     stage = "steps"
 
-    def __init__(self, store_uri: str, model: str, task: str) -> None:
-        self.steps = TaskSteps(ModelStore(store_uri), model, task, [])
+    def __init__(self, store_uri: str, model: str, task: str,
+                 options: dict[str, Any] | None = None) -> None:
+        self.steps = TaskSteps(ModelStore(store_uri), model, task, [], options)
         self.metrics = StageMetrics(model, self.stage)
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        self.steps.configure(config["versions"], config.get("options"))
+    def preload(self, versions: list[str]) -> None:
+        self.steps.configure(versions, self.steps.options)
 
 
 @serve.deployment
@@ -60,21 +61,28 @@ class Postprocess(_Steps):
 
 @serve.deployment
 class Model:
-    """SavedModel signatures of a model's versions behind ``@serve.batch``."""
+    """SavedModel signatures of a model's versions behind ``@serve.batch``.
 
-    def __init__(self, store_uri: str, model: str, task: str, threads: dict[str, Any]) -> None:
+    The latest version is loaded and warmed before the replica takes traffic; the gateway
+    asks for the routed versions with ``preload``, and any other published version loads
+    on first use, so a routing change never fails a request.
+    """
+
+    def __init__(self, store_uri: str, model: str, task: str, settings: dict[str, Any]) -> None:
+        store = ModelStore(store_uri)
         self.runner = ModelRunner(
-            ModelStore(store_uri), model, task, [],
-            intra_op_threads=threads.get("intra_op_threads"),
-            inter_op_threads=threads.get("inter_op_threads"),
+            store, model, task, [store.resolve(model)],
+            intra_op_threads=settings.get("intra_op_threads"),
+            inter_op_threads=settings.get("inter_op_threads"),
         )
+        self.predict.set_max_batch_size(settings["max_batch_size"])
+        self.predict.set_batch_wait_timeout_s(settings["batch_wait_timeout_s"])
         self.metrics = StageMetrics(model, "model")
+        self.runner.load_all()
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        """Load new versions before answering with them; keep serving the loaded ones."""
-        self.predict.set_max_batch_size(config["max_batch_size"])
-        self.predict.set_batch_wait_timeout_s(config["batch_wait_timeout_s"])
-        self.runner.load_all(config["versions"])
+    def preload(self, versions: list[str]) -> None:
+        for version in versions:
+            self.runner.get(version)
 
     def ready(self) -> dict[str, Any]:
         return {

@@ -190,16 +190,17 @@ def serve_cmd(
     import ray
     from ray import serve
 
-    from deployments.app import build_app
+    from deployments.deploy import apply_config, wait_running
 
+    config = {**raw_config, "http_options": {**http, "host": host, "port": port}}
+    names = [a.get("name", "default") for a in config["applications"]]
     ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 8), include_dashboard=False,
              logging_level="WARNING")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        serve.start(http_options={"host": host, "port": port})
-        app_name = raw_config["applications"][0].get("name", "finserve")
-        serve.run(build_app(args), name=app_name, route_prefix="/")
-        _print_ready(host, port, time.perf_counter() - started)
+        apply_config(config)
+        wait_running(names)
+        _print_ready(host, port, time.perf_counter() - started, args.security.require_auth)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -210,9 +211,12 @@ def serve_cmd(
         console.print("stopped; port released")
 
 
-def _print_ready(host: str, port: int, seconds: float) -> None:
+def _print_ready(host: str, port: int, seconds: float, require_auth: bool) -> None:
     base = f"http://{host}:{port}"
     console.print(f"\n[bold green]FinServe is serving on {base}[/] (ready in {seconds:.1f}s)")
+    if not require_auth and not os.environ.get("FINSERVE_REQUIRE_AUTH"):
+        console.print("  [yellow]open mode: no API key is required[/] (security.require_auth "
+                      "in the Serve config, or FINSERVE_REQUIRE_AUTH=true, turns keys on)")
     console.print(f"  API docs:   {base}/docs")
     console.print(f"  readiness:  {base}/v2/health/ready")
     console.print("  try:")

@@ -341,19 +341,64 @@ def previous_good_revision(history: Sequence[Mapping[str, Any]]) -> int | None:
     return max(older) if older else None
 
 
-def model_version_values(values: Mapping[str, Any], specs: Iterable[str]) -> dict[str, Any]:
-    """Values that set ``versions`` of the named models (``fraud=2`` or ``fraud=2,1``)."""
+def _model_spec(spec: str, usage: str, by_name: Mapping[Any, Any]) -> tuple[str, str]:
+    name, sep, rest = spec.partition("=")
+    if not sep:
+        raise typer.BadParameter(f"{spec!r}: use {usage}")
+    if name not in by_name:
+        raise typer.BadParameter(f"no model {name!r} in the release; models: "
+                                 f"{', '.join(sorted(map(str, by_name))) or 'none'}")
+    return name, rest.strip()
+
+
+def _weights(spec: str, text: str) -> dict[str, int]:
+    weights: dict[str, int] = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        version, sep, weight = item.partition(":")
+        try:
+            weights[version.strip()] = int(weight)
+        except ValueError:
+            sep = ""
+        if not sep or not version.strip() or weights[version.strip()] < 0:
+            raise typer.BadParameter(f"{spec!r}: use MODEL=VERSION:WEIGHT,..., e.g. "
+                                     "fraud=1:90,2:10")
+    if weights and sum(weights.values()) != 100:
+        raise typer.BadParameter(f"{spec!r}: the weights add up to {sum(weights.values())}, "
+                                 "not 100")
+    return weights
+
+
+def model_version_values(values: Mapping[str, Any], specs: Iterable[str],
+                         traffic: Iterable[str] = (), shadow: Iterable[str] = ()
+                         ) -> dict[str, Any]:
+    """Values that change the routing of the named models: ``versions`` (``fraud=2`` or
+    ``fraud=2,1``), ``traffic`` (``fraud=1:90,2:10``; ``fraud=`` ends the split) and
+    ``shadow`` (``fraud=3``; ``fraud=`` stops it). New versions without a new split end the
+    model's split, so the first version answers every unpinned request.
+
+    The chart renders these into the gateway's ``user_config``, which Ray Serve applies in
+    place. The whole models list is returned: helm replaces a list, never merges it."""
     models = copy.deepcopy(((values.get("serve") or {}).get("app") or {}).get("models") or [])
     by_name = {m.get("name"): m for m in models}
     for spec in specs:
-        name, sep, versions = spec.partition("=")
+        name, versions = _model_spec(spec, "MODEL=VERSION[,VERSION...], e.g. fraud=2", by_name)
         wanted = [v.strip() for v in versions.split(",") if v.strip()]
-        if not sep or not wanted:
+        if not wanted:
             raise typer.BadParameter(f"{spec!r}: use MODEL=VERSION[,VERSION...], e.g. fraud=2")
-        if name not in by_name:
-            raise typer.BadParameter(f"no model {name!r} in the release; models: "
-                                     f"{', '.join(sorted(map(str, by_name))) or 'none'}")
         by_name[name]["versions"] = wanted
+        by_name[name].pop("traffic", None)
+    for spec in traffic:
+        name, weights = _model_spec(spec, "MODEL=VERSION:WEIGHT,..., e.g. fraud=1:90,2:10",
+                                    by_name)
+        by_name[name].pop("traffic", None)
+        if split := _weights(spec, weights):
+            by_name[name]["traffic"] = split
+    for spec in shadow:
+        name, version = _model_spec(spec, "MODEL=VERSION (MODEL= to stop), e.g. fraud=3",
+                                    by_name)
+        by_name[name].pop("shadow", None)
+        if version:
+            by_name[name]["shadow"] = version
     return {"serve": {"app": {"models": models}}}
 
 
@@ -376,7 +421,8 @@ class Rollout:
 
     def start(self, chart: str, values_files: Sequence[str] = (), set_values: Sequence[str] = (),
               model_versions: Sequence[str] = (), image_tag: str | None = None,
-              timeout_s: float = 1200.0) -> int:
+              timeout_s: float = 1200.0, traffic: Sequence[str] = (),
+              shadow: Sequence[str] = ()) -> int:
         """Upgrade and wait; roll back to the previous revision on failure. Exit code."""
         history = self.helm.history(self.release)
         previous = deployed_revision(history)
@@ -385,16 +431,18 @@ class Rollout:
         if image_tag:
             sets.append(f"image.tag={image_tag}")
         with tempfile.TemporaryDirectory(prefix="finserve-rollout-") as tmp:
-            if model_versions:
+            if model_versions or traffic or shadow:
                 if previous is None:
-                    raise typer.BadParameter("--model-version needs an installed release")
+                    raise typer.BadParameter(
+                        "--model-version, --traffic and --shadow need an installed release")
                 base = self.helm.values(self.release)
                 for file in files:  # a models list in a -f file is the newer base
                     serve = (yaml.safe_load(Path(file).read_text()) or {}).get("serve") or {}
                     if (serve.get("app") or {}).get("models"):
                         base = {"serve": serve}
                 path = Path(tmp, "model-versions.yaml")
-                path.write_text(yaml.safe_dump(model_version_values(base, model_versions)))
+                path.write_text(yaml.safe_dump(
+                    model_version_values(base, model_versions, traffic, shadow)))
                 files.append(str(path))
             self.console.print(f"[bold]helm upgrade {self.release}[/] {chart} "
                                f"(from revision {previous or 'none'})")
@@ -518,7 +566,16 @@ SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="helm --set KEY=VALUE (repeatable).")]
 ModelVersionOpt = Annotated[list[str] | None, typer.Option(
     "--model-version", help="MODEL=VERSION[,VERSION...]: serve these versions, the first by "
-                            "default (applied in place, no new cluster). Repeatable.")]
+                            "default; ends the model's traffic split unless --traffic sets one "
+                            "(the gateway's routing: applied in place, no restart). "
+                            "Repeatable.")]
+TrafficOpt = Annotated[list[str] | None, typer.Option(
+    "--traffic", help="MODEL=VERSION:WEIGHT,...: split unpinned requests (a canary, e.g. "
+                      "fraud=1:90,2:10; weights add up to 100); MODEL= ends the split. "
+                      "Applied in place. Repeatable.")]
+ShadowOpt = Annotated[list[str] | None, typer.Option(
+    "--shadow", help="MODEL=VERSION: copy live traffic to VERSION and record its answers "
+                     "(never returned); MODEL= stops it. Applied in place. Repeatable.")]
 ImageTagOpt = Annotated[str | None, typer.Option(
     "--image-tag", help="New image tag (KubeRay brings up a new cluster, then switches).")]
 
@@ -559,11 +616,13 @@ def rollout_main(
     poll: PollOpt = 5.0,
     settle: SettleOpt = 10.0,
     helm: HelmOpt = None,
+    traffic: TrafficOpt = None,
+    shadow: ShadowOpt = None,
 ) -> None:
     """Without a command: `start` with these options."""
     if ctx.invoked_subcommand is None:
         start(release, namespace, kube_context, chart, values, set_values, model_version,
-              image_tag, rayservice, timeout, poll, settle, helm)
+              image_tag, rayservice, timeout, poll, settle, helm, traffic, shadow)
 
 
 @rollout_app.command("start")
@@ -581,13 +640,15 @@ def start(
     poll: PollOpt = 5.0,
     settle: SettleOpt = 10.0,
     helm: HelmOpt = None,
+    traffic: TrafficOpt = None,
+    shadow: ShadowOpt = None,
 ) -> None:
     """helm upgrade with new values, wait until rolled out; on failure or timeout roll back
     to the previous revision and exit non-zero (1 rolled back, 2 could not roll back)."""
     rollout = _rollout(release, namespace, kube_context, rayservice, poll, settle, helm)
     with _cli_errors():
         code = rollout.start(chart, values or [], set_values or [], model_version or [],
-                             image_tag, timeout)
+                             image_tag, timeout, traffic or [], shadow or [])
     raise typer.Exit(code)
 
 

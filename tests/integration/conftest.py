@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -35,14 +36,23 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60, interval: float 
     raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
 
 
-def app_args(store_uri: str, audit: str, **limits: Any) -> dict[str, Any]:
+#: API keys of the session's app (keys are optional there; when sent they are checked)
+KEYS = {
+    "ops": {"models": ["*"], "rate_per_s": None},
+    "fraud-desk": {"models": ["fraud"], "rate_per_s": None},
+    "slow": {"models": ["*"], "rate_per_s": 1.0},
+}
+
+
+def app_args(store_uri: str, audit: str, keys_file: str | None = None,
+             **limits: Any) -> dict[str, Any]:
     return {
         "store_uri": store_uri,
         "audit": {"location": audit},
+        "security": {"api_keys_file": keys_file},
         "limits": {"max_body_bytes": 65536, "max_instances": 64, **limits},
         "models": [
-            {"name": "fraud", "versions": ["2", "1"],
-             "model": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002}},
+            {"name": "fraud", "model": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002}},
             *({"name": name} for name in ALL_MODELS[1:]),
         ],
     }
@@ -55,7 +65,12 @@ def ray_serve() -> Iterator[int]:
     from ray import serve
 
     port = free_port()
-    ray.init(num_cpus=8, include_dashboard=False, logging_level="WARNING")
+    # autoscaling that reacts within seconds: metrics pushed every 0.5 s instead of 10 s
+    for name in ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
+                 "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
+        os.environ.setdefault(name, "0.5")
+    # two logical GPUs: GPU placement is proven on Ray's resources (no device here)
+    ray.init(num_cpus=8, num_gpus=2, include_dashboard=False, logging_level="WARNING")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port
     serve.shutdown()
@@ -69,13 +84,67 @@ def trail(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def base_url(ray_serve: int, tiny_store, trail) -> str:
+def api_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The key file of the session's app and each key's plaintext by id."""
+    from serving.security import new_key, write_keys
+
+    plaintexts, entries = {}, []
+    for key_id, spec in KEYS.items():
+        plaintexts[key_id], entry = new_key(key_id, spec["models"], spec["rate_per_s"])
+        entries.append(entry)
+    path = tmp_path_factory.mktemp("keys") / "keys.yaml"
+    write_keys(path, entries)
+    return {"file": str(path), **plaintexts}
+
+
+@pytest.fixture(scope="session")
+def session_args(tiny_store, trail, api_keys) -> dict[str, Any]:
+    """The session app's arguments; tests that redeploy restore these."""
+    return app_args(tiny_store.root, str(trail), keys_file=api_keys["file"])
+
+
+class ServeApps:
+    """The applications of the session's Serve instance, applied as one declarative config
+    (as KubeRay does), so args-only changes reconfigure running replicas in place."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.apps: dict[str, dict[str, Any]] = {}
+
+    def put(self, name: str, args: dict[str, Any], route_prefix: str = "/",
+            wait: bool = True, routing: dict[str, Any] | None = None) -> None:
+        from deployments.deploy import apply_config, wait_running
+
+        self.apps[name] = {"name": name, "route_prefix": route_prefix, "args": args,
+                           "import_path": "deployments.app:build_app"}
+        if routing is not None:
+            self.apps[name]["deployments"] = [{"name": "gateway", "user_config": routing}]
+        apply_config({"http_options": {"host": "127.0.0.1", "port": self.port},
+                      "applications": list(self.apps.values())})
+        if wait:
+            wait_running([name])
+
+    def delete(self, name: str) -> None:
+        from deployments.deploy import apply_config
+
+        self.apps.pop(name, None)
+        apply_config({"http_options": {"host": "127.0.0.1", "port": self.port},
+                      "applications": list(self.apps.values())})
+
+
+#: the session app's routing: fraud v2 by default, v1 when pinned (v3 is for rollouts)
+SESSION_ROUTING = {"models": {"fraud": {"versions": ["2", "1"]}}}
+
+
+@pytest.fixture(scope="session")
+def serve_apps(ray_serve: int) -> ServeApps:
+    return ServeApps(ray_serve)
+
+
+@pytest.fixture(scope="session")
+def base_url(ray_serve: int, serve_apps: ServeApps, session_args) -> str:
     """The FinServe app deployed from ``deployments.app:build_app`` on the tiny store."""
-    from ray import serve
-
-    from deployments.app import build_app
-
-    serve.run(build_app(app_args(tiny_store.root, str(trail))), name="finserve", route_prefix="/")
+    serve_apps.put("finserve", session_args, routing=SESSION_ROUTING)
     url = f"http://127.0.0.1:{ray_serve}"
     wait_for(lambda: httpx.get(f"{url}/v2/health/ready", timeout=10).status_code == 200)
     return url

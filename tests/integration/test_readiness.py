@@ -8,18 +8,11 @@ from tests.integration.conftest import app_args, wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_ready_only_after_the_model_stage_has_loaded(ray_serve, tiny_store, base_url, trail):
-    from ray import serve
-
-    from deployments.app import build_app
-
+def test_ready_only_after_the_model_stage_has_loaded(ray_serve, serve_apps, tiny_store,
+                                                     base_url, trail):
     args = app_args(tiny_store.root, str(trail), request_timeout_s=2)
     args["models"] = [{"name": "sentiment", "model": {"num_cpus": 64}}]  # cannot be placed yet
-    deploy = lambda: serve.run_many(  # noqa: E731 - returns once the gateway exists
-        [serve.RunTarget(build_app(args), name="pending", route_prefix="/pending")],
-        wait_for_applications_running=False,
-    )
-    deploy()
+    serve_apps.put("pending", args, route_prefix="/pending", wait=False)
     url = f"http://127.0.0.1:{ray_serve}/pending"
     try:
         not_ready = wait_for(
@@ -34,7 +27,7 @@ def test_ready_only_after_the_model_stage_has_loaded(ray_serve, tiny_store, base
         assert r.status_code == 504 and "did not answer" in r.json()["error"]
 
         args["models"] = [{"name": "sentiment"}]  # now it fits: the replica starts and loads
-        deploy()
+        serve_apps.put("pending", args, route_prefix="/pending", wait=False)
         ready = wait_for(
             lambda: (r := httpx.get(f"{url}/v2/health/ready", timeout=10)).status_code == 200
             and r.json(), timeout=120,
@@ -44,5 +37,5 @@ def test_ready_only_after_the_model_stage_has_loaded(ray_serve, tiny_store, base
                        timeout=10)
         assert r.status_code == 200
     finally:
-        serve.delete("pending")
+        serve_apps.delete("pending")
     assert httpx.get(f"{base_url}/v2/health/ready", timeout=10).status_code == 200

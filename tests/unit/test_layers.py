@@ -33,7 +33,6 @@ def test_local_serve_config_is_valid():
         ([{"name": "Fraud!"}], "lower-case"),
         ([{"name": "models", "task": "fraud"}], "lower-case"),
         ([{"name": "x", "task": "nope"}], "unknown task"),
-        ([{"name": "fraud", "versions": []}], "non-empty"),
         ([{"name": "fraud", "model": {"autoscaling": {"min_replicas": 5, "max_replicas": 2}}}],
          "min_replicas"),
         ([{"name": "fraud", "model": {"max_batch_sise": 5}}], "Extra inputs"),
@@ -53,3 +52,40 @@ def test_stage_settings_become_deployment_options():
     assert options["ray_actor_options"]["num_gpus"] == 0.25
     assert options["autoscaling_config"]["max_replicas"] == 3
     assert "num_replicas" not in options
+
+
+@pytest.mark.parametrize(
+    ("routing", "message"),
+    [
+        ({"versions": []}, "non-empty"),
+        ({"versions": ["1", "1"]}, "repeats"),
+        ({"traffic": {"1": 90, "2": 20}}, "add up to 100"),
+        ({"versions": ["1"], "canary": 5}, "Extra inputs"),
+    ],
+)
+def test_routing_mistakes_fail_with_a_message(routing, message):
+    from deployments.config import Routing
+
+    with pytest.raises(ValidationError, match=message):
+        Routing.model_validate({"models": {"fraud": routing}})
+
+
+def test_routing_lists_every_version_to_serve():
+    from deployments.config import Routing
+
+    routing = Routing.model_validate(
+        {"models": {"fraud": {"versions": ["2", "1"], "traffic": {"2": 90, "3": 10},
+                              "shadow": "4"}}}
+    )
+    assert routing.of("fraud").all_versions == ["2", "1", "3", "4"]
+    assert routing.of("credit").versions == ["latest"]
+
+
+def test_serve_config_routing_must_name_served_models(tmp_path):
+    import yaml
+
+    config, _ = load_serve_config(ROOT / "deployments" / "serve.yaml")
+    config["applications"][0]["deployments"][0]["user_config"]["models"]["nope"] = {}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="not served"):
+        load_serve_config(tmp_path / "serve.yaml")

@@ -1,0 +1,114 @@
+"""API keys, rate limits and the decision trail on the real local Ray Serve."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from serving import audit
+from serving.cli import app as cli
+from tests.conftest import golden
+from tests.integration.conftest import app_args, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def test_keys_when_sent_are_checked_scoped_and_rate_limited(client, api_keys):
+    body = golden("sentiment_task_request.json")
+    ok = client.post("/v1/sentiment/analyze", json=body, headers=_bearer(api_keys["ops"]))
+    assert ok.status_code == 200
+    wrong = client.post("/v1/sentiment/analyze", json=body, headers=_bearer("fsk_ops_nope"))
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    scoped = client.post("/v1/sentiment/analyze", json=body,
+                         headers=_bearer(api_keys["fraud-desk"]))
+    assert scoped.status_code == 403 and "may not call model 'sentiment'" in scoped.json()["error"]
+    statuses = [client.post("/v1/sentiment/analyze", json=body,
+                            headers=_bearer(api_keys["slow"])) for _ in range(4)]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert statuses[0].status_code == 200 and limited
+    assert int(limited[0].headers["retry-after"]) >= 1
+
+
+@pytest.fixture(scope="module")
+def strict_url(ray_serve, serve_apps, base_url, tiny_store, api_keys):
+    """An app that requires keys and whose decision trail cannot be written."""
+    args = app_args(tiny_store.root, "/proc/finserve-trail-cannot-exist",
+                    keys_file=api_keys["file"])
+    args["security"]["require_auth"] = True
+    args["models"] = [{"name": "sentiment"}]
+    serve_apps.put("strict", args, route_prefix="/strict")
+    yield f"http://127.0.0.1:{ray_serve}/strict"
+    serve_apps.delete("strict")
+
+
+def test_a_server_that_requires_keys_refuses_calls_without_one(strict_url, api_keys):
+    for body in ({}, {"records": [{"text": "x"}]}, "not json"):
+        r = httpx.post(f"{strict_url}/v1/sentiment/analyze", content=json.dumps(body))
+        assert r.status_code == 401, r.text  # before the body is even read
+    assert httpx.get(f"{strict_url}/v2/health/live").status_code == 200  # probes stay open
+    r = httpx.get(f"{strict_url}/v2/models/sentiment")
+    assert r.status_code == 401
+
+
+def test_no_answer_goes_out_unrecorded(strict_url, api_keys):
+    r = httpx.post(f"{strict_url}/v1/sentiment/analyze",
+                   json=golden("sentiment_task_request.json"), headers=_bearer(api_keys["ops"]),
+                   timeout=30)
+    assert r.status_code == 503 and "decision trail unavailable" in r.json()["error"]
+    assert r.headers["retry-after"] == "1"
+
+
+def _records(trail, request_ids):
+    return [r for r in audit.read_records(str(trail)) if r.get("request_id") in request_ids]
+
+
+def test_every_answer_leaves_one_record_and_errors_none(client, trail, api_keys):
+    sent: dict[str, int] = {}
+    bodies = [golden("fraud_v2_request.json"), {"inputs": []}, golden("credit_task_request.json")]
+    routes = ["/v2/models/fraud/infer", "/v2/models/fraud/infer", "/v1/credit/decide"]
+    for i in range(12):
+        rid = f"trail-{uuid.uuid4().hex[:8]}-{i}"
+        r = client.post(routes[i % 3], json=bodies[i % 3],
+                        headers={"x-request-id": rid, **_bearer(api_keys["ops"])})
+        sent[rid] = r.status_code
+    answered = {rid for rid, status in sent.items() if status == 200}
+    assert len(answered) == 8 and set(sent.values()) == {200, 422}
+    records = _records(trail, set(sent))
+    assert {r["request_id"] for r in records} == answered and len(records) == len(answered)
+    credit = next(r for r in records if r["model"] == "credit")
+    assert credit["key_id"] == "ops" and credit["version"] == "1"
+    assert credit["outputs"][1]["reason_codes"]  # reason codes are part of the record
+    assert len(credit["artifact_sha256"]) == 64 and len(credit["input_sha256"]) == 64
+    result = CliRunner().invoke(cli, ["audit", "verify", "--trail", str(trail)])
+    assert result.exit_code == 0 and "intact" in result.output, result.output
+
+
+def test_a_recorded_decision_replays_on_the_version_it_names(client, trail, tiny_store):
+    rid = f"replay-{uuid.uuid4().hex[:8]}"
+    r = client.post("/v1/models/fraud/versions/1:predict", json=golden("fraud_v1_request.json"),
+                    headers={"x-request-id": rid})
+    assert r.status_code == 200
+    result = CliRunner().invoke(cli, ["audit", "replay", rid, "--trail", str(trail),
+                                      "--store", tiny_store.root])
+    assert result.exit_code == 0, result.output
+    assert '"matches": true' in result.output and '"version": "1"' in result.output
+
+
+def test_personal_fields_never_reach_the_trail_in_clear(client, trail):
+    rid = f"pii-{uuid.uuid4().hex[:8]}"
+    body = {"records": [{"customer_id": "C000001"}, {"customer_id": "jane.doe@example.com"}]}
+    assert client.post("/v1/recommend/recommend", json=body,
+                       headers={"x-request-id": rid}).status_code == 200
+    record = wait_for(lambda: _records(trail, {rid}))[0]
+    text = json.dumps(record)
+    assert "C000001" not in text and "jane.doe" not in text
+    assert record["inputs"]["tokenized"] is True
+    assert all(v.startswith(audit.TOKEN_PREFIX) for v in record["inputs"]["data"])
