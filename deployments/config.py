@@ -29,6 +29,7 @@ class Autoscaling(_Strict):
     target_ongoing_requests: float = Field(2.0, gt=0, description="Ongoing requests per replica.")
     upscale_delay_s: float = Field(3.0, ge=0, description="Sustained load before adding one.")
     downscale_delay_s: float = Field(60.0, ge=0, description="Quiet time before removing one.")
+    look_back_period_s: float = Field(10.0, gt=0, description="Window of the load average.")
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:

@@ -354,14 +354,11 @@ def _model_spec(spec: str, usage: str, by_name: Mapping[Any, Any]) -> tuple[str,
 def _weights(spec: str, text: str) -> dict[str, int]:
     weights: dict[str, int] = {}
     for item in filter(None, (i.strip() for i in text.split(","))):
-        version, sep, weight = item.partition(":")
-        try:
-            weights[version.strip()] = int(weight)
-        except ValueError:
-            sep = ""
-        if not sep or not version.strip() or weights[version.strip()] < 0:
+        version, _, weight = (part.strip() for part in item.partition(":"))
+        if not version or not weight.isdigit():
             raise typer.BadParameter(f"{spec!r}: use MODEL=VERSION:WEIGHT,..., e.g. "
-                                     "fraud=1:90,2:10")
+                                     "fraud=1:90,2:10 (weights are whole numbers >= 0)")
+        weights[version] = int(weight)
     if weights and sum(weights.values()) != 100:
         raise typer.BadParameter(f"{spec!r}: the weights add up to {sum(weights.values())}, "
                                  "not 100")

@@ -1,9 +1,18 @@
 """Regenerate the chart's values.schema.json definitions that mirror Python models.
 
-``serve.app`` is ``deployments.config.AppArgs`` (less ``store_uri``, which the chart sets
-from ``modelStore``): the ``app_*`` definitions. ``apiKeys.keys`` entries are
-``serving.security.ApiKey``: ``key_ApiKey``. They are generated, never hand-written.
-Run after changing those models; ``--check`` exits 1 when the file is stale.
+- ``app_*``: ``deployments.config.AppArgs`` (less ``store_uri``, which the chart sets from
+  ``modelStore``): exactly the Serve application's ``args`` the chart renders.
+- ``routing_*``: ``deployments.config.Routing``, the gateway deployment's ``user_config``
+  the chart renders, and ``ModelRouting``, one model's entry of it.
+- ``values_*``: what ``serve.app`` holds: ``app_AppArgs`` whose models are
+  ``values_Model``, i.e. ``app_ModelSettings`` plus the ``routing_ModelRouting`` fields. The
+  chart moves those fields out of ``args`` into the gateway's ``user_config`` (applied in
+  place), so ``versions``, ``traffic`` and ``shadow`` are accepted on a model in the values
+  and nowhere in ``app_*``.
+- ``key_ApiKey``: ``apiKeys.keys`` entries, ``serving.security.ApiKey``.
+
+They are generated, never hand-written. Run after changing those models; ``--check`` exits
+1 when the file is stale.
 
     .venv/bin/python tools/gen_chart_schema.py [--check]
 """
@@ -52,24 +61,59 @@ def _defs(model: type, prefix: str, drop: tuple[str, ...] = (), note: str = "") 
     return {prefix + k: v for k, v in _rewrite({model.__name__: schema, **defs}, prefix).items()}
 
 
+def _values_defs(defs: dict[str, Any]) -> dict[str, Any]:
+    """``values_App`` and ``values_Model``: ``app_AppArgs`` whose models also take the
+    ``routing_ModelRouting`` fields (by reference, so they are that model's schema)."""
+    settings, routing = defs["app_ModelSettings"], defs["routing_ModelRouting"]
+    clash = set(settings["properties"]) & set(routing["properties"])
+    if clash:
+        raise SystemExit(f"ModelSettings and ModelRouting both define {sorted(clash)}: the "
+                         "chart could not tell args from routing")
+    model = {
+        "additionalProperties": False,
+        "description": "A served model: deployments.config.ModelSettings, rendered into the "
+        "Serve application's args, plus its routing (deployments.config.ModelRouting: "
+        f"{', '.join(routing['properties'])}), rendered into the gateway deployment's "
+        "user_config and applied in place, without restarting replicas.",
+        "properties": {
+            **settings["properties"],
+            **{name: {"$ref": f"#/$defs/routing_ModelRouting/properties/{name}"}
+               for name in routing["properties"]},
+        },
+        "required": [*settings.get("required", []), *routing.get("required", [])],
+        "type": "object",
+    }
+    app = json.loads(json.dumps(defs["app_AppArgs"]))
+    app["properties"]["models"]["items"] = {"$ref": "#/$defs/values_Model"}
+    app["description"] = ("serve.app: deployments.config.AppArgs (less store_uri, set from "
+                          "modelStore), each model with its routing fields.")
+    return {"values_App": app, "values_Model": model}
+
+
 def generated_defs() -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from deployments.config import AppArgs
+    from deployments.config import AppArgs, Routing
     from serving.security import ApiKey
 
-    return {
+    defs = {
         **_defs(AppArgs, "app_", CHART_OWNED, "(store_uri is set by the chart from modelStore.)"),
+        **_defs(Routing, "routing_"),
         **_defs(ApiKey, "key_"),
     }
+    return defs | _values_defs(defs)
 
 
-PREFIXES = ("app_", "key_")
+PREFIXES = ("app_", "routing_", "values_", "key_")
+SERVE_APP_REF = {"$ref": "#/$defs/values_App"}
 
 
 def render(current: dict[str, Any]) -> str:
-    """values.schema.json text with fresh generated definitions."""
+    """values.schema.json text with fresh generated definitions; ``serve.app`` refers to
+    ``values_App``."""
     kept = {k: v for k, v in current.get("$defs", {}).items() if not k.startswith(PREFIXES)}
-    return json.dumps({**current, "$defs": kept | generated_defs()}, indent=2) + "\n"
+    schema = {**current, "$defs": kept | generated_defs()}
+    schema["properties"]["serve"]["properties"]["app"] = SERVE_APP_REF
+    return json.dumps(schema, indent=2) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from deployments.config import ModelRouting
 from tests.chart.chartlib import RAY_API, one, render, render_error, write_values
 
 pytestmark = pytest.mark.chart
@@ -32,6 +34,22 @@ CROSS_FIELD = {
     "model-gpus-without-gpu-workers": (
         {"serve": {"app": {"models": [{"name": "fraud", "model": {"num_gpus": 0.5}}]}}},
         "serve.app.models[fraud].model.num_gpus is 0.5 but gpuWorker.enabled is false",
+    ),
+    "traffic-not-100": (
+        {"serve": {"app": {"models": [{"name": "fraud", "traffic": {"1": 90, "2": 5}}]}}},
+        "serve.app.models[fraud].traffic weights add up to 95, not 100",
+    ),
+    "negative-traffic-weight": (
+        {"serve": {"app": {"models": [{"name": "fraud", "traffic": {"1": 110, "2": -10}}]}}},
+        "serve.app.models[fraud].traffic[2] is -10: weights must be 0 or more",
+    ),
+    "no-versions": (
+        {"serve": {"app": {"models": [{"name": "fraud", "versions": []}]}}},
+        "serve.app.models[fraud].versions is empty",
+    ),
+    "repeated-version": (
+        {"serve": {"app": {"models": [{"name": "fraud", "versions": ["2", "1", "2"]}]}}},
+        "serve.app.models[fraud].versions [2 1 2] lists a version twice",
     ),
     "ingress-without-hosts": (
         {"ingress": {"enabled": True, "hosts": []}},
@@ -90,3 +108,12 @@ def test_the_fixed_values_render(tmp_path: Path, case: str) -> None:
     }
     objects = render(write_values(tmp_path, fixes[case]))
     assert one(objects, "RayService")["kind"] == "RayService"
+
+
+@pytest.mark.parametrize(
+    "case", ["traffic-not-100", "negative-traffic-weight", "no-versions", "repeated-version"])
+def test_routing_the_chart_refuses_is_routing_the_gateway_would_refuse(case: str) -> None:
+    (model,) = CROSS_FIELD[case][0]["serve"]["app"]["models"]
+    routing = {k: v for k, v in model.items() if k in ModelRouting.model_fields}
+    with pytest.raises(ValidationError):
+        ModelRouting.model_validate(routing)

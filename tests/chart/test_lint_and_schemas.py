@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import yaml
+from jsonschema import Draft202012Validator
 
+from deployments.config import ModelRouting, ModelSettings
 from tests.chart.chartlib import (
     CHART,
     CI_VALUES,
@@ -29,7 +33,7 @@ pytestmark = pytest.mark.chart
 
 CORE_KINDS = {
     "Secret", "Ingress", "NetworkPolicy", "PodDisruptionBudget", "Pod", "ServiceAccount",
-    "PersistentVolumeClaim",
+    "PersistentVolumeClaim", "ConfigMap",
 }
 
 
@@ -108,12 +112,40 @@ def test_podmonitor_is_skipped_without_the_monitoring_api() -> None:
     assert "PodMonitor" not in {o["kind"] for o in objects}
 
 
-def test_values_schema_app_definitions_are_generated_from_app_args() -> None:
+def test_values_schema_definitions_are_generated_from_the_models() -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "gen_chart_schema.py"), "--check"],
         capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_generated_schema_keeps_routing_out_of_the_args_definitions() -> None:
+    """app_* mirror AppArgs (the rendered args: no routing); routing_* mirror Routing (the
+    gateway's user_config); a model in the values is app_ModelSettings plus ModelRouting."""
+    defs = json.loads((CHART / "values.schema.json").read_text())["$defs"]
+    routing_fields = set(ModelRouting.model_fields)
+    assert set(defs["app_ModelSettings"]["properties"]) == set(ModelSettings.model_fields)
+    assert not routing_fields & set(defs["app_ModelSettings"]["properties"])
+    assert set(defs["routing_ModelRouting"]["properties"]) == routing_fields
+    assert set(defs["values_Model"]["properties"]) == set(ModelSettings.model_fields) | \
+        routing_fields
+    for field in routing_fields:
+        assert defs["values_Model"]["properties"][field] == {
+            "$ref": f"#/$defs/routing_ModelRouting/properties/{field}"}
+    assert defs["values_App"]["properties"]["models"]["items"] == {
+        "$ref": "#/$defs/values_Model"}
+
+
+@pytest.mark.parametrize("values", list(CI_VALUES))
+def test_rendered_routing_validates_against_the_generated_routing_schema(values: str) -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    validator = Draft202012Validator({"$defs": schema["$defs"],
+                                      "$ref": "#/$defs/routing_Routing"})
+    config = yaml.safe_load(one(render(values), "RayService")["spec"]["serveConfigV2"])
+    (gateway,) = config["applications"][0]["deployments"]
+    validator.validate(gateway["user_config"])
+    assert not validator.is_valid({"models": {"fraud": {"versions": ["1"], "weights": {}}}})
 
 
 @pytest.mark.parametrize(
@@ -125,12 +157,17 @@ def test_values_schema_app_definitions_are_generated_from_app_args() -> None:
         ({"serve": {"app": {"models": [{"name": "fraud", "model": {"max_batch_sise": 8}}]}}},
          "'max_batch_sise' not allowed"),
         ({"serve": {"app": {"models": [{"name": "fraud", "versions": [2]}]}}}, "want string"),
+        ({"serve": {"app": {"models": [{"name": "fraud", "traffic": {"1": "90"}}]}}},
+         "want integer"),
+        ({"serve": {"app": {"models": [{"name": "fraud", "shadows": "2"}]}}},
+         "'shadows' not allowed"),
+        ({"serve": {"app": {"versions": ["2"]}}}, "'versions' not allowed"),
         ({"serve": {"app": {"models": []}}}, "minItems"),
         ({"head": {"resources": {"limits": None}}}, "missing property 'limits'"),
         ({"modelStore": {"type": "nfs"}}, "/modelStore/type"),
     ],
-    ids=["top-level", "worker", "gpu-only-key", "stage", "int-version", "no-models",
-         "no-limits", "store-type"],
+    ids=["top-level", "worker", "gpu-only-key", "stage", "int-version", "string-weight",
+         "routing-typo", "app-level-versions", "no-models", "no-limits", "store-type"],
 )
 def test_values_schema_rejects_typos_and_wrong_types(
     tmp_path: Path, values: dict, complaint: str

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deployments.config import AppArgs
+from deployments.config import GATEWAY, AppArgs, ModelRouting, Routing, load_serve_config
+from serving.rollout import model_version_values
 from tests.chart.chartlib import CHART, CI_VALUES, REPO, containers, one, render, write_values
 
 pytestmark = pytest.mark.chart
@@ -37,6 +38,32 @@ def serve_config(values: str | Path | None = None, **kwargs: Any) -> dict[str, A
 
 def app_args(values: str | Path | None = None, **kwargs: Any) -> AppArgs:
     return AppArgs.model_validate(serve_config(values, **kwargs)["applications"][0]["args"])
+
+
+def gateway_user_config(app: dict[str, Any]) -> dict[str, Any]:
+    """The user_config of the application's one deployment override: the gateway's."""
+    (deployment,) = app["deployments"]
+    assert deployment == {"name": GATEWAY, "user_config": deployment["user_config"]}
+    return deployment["user_config"]
+
+
+def routing(values: str | Path | None = None, **kwargs: Any) -> Routing:
+    app = serve_config(values, **kwargs)["applications"][0]
+    return Routing.model_validate(gateway_user_config(app))
+
+
+def with_models(tmp_path: Path, models: list[dict[str, Any]], name: str = "models.yaml") -> Path:
+    return write_values(tmp_path, {"serve": {"app": {"models": models}}}, name)
+
+
+def serve_code_version(config: dict[str, Any]) -> str:
+    """Ray Serve's code version of the application, from Ray's own parse of the config: the
+    same version means a config update is applied to the running replicas (user_config via
+    reconfigure), a new one means every replica is replaced."""
+    from ray.serve._private.deploy_utils import get_app_code_version
+    from ray.serve.schema import ServeDeploySchema
+
+    return get_app_code_version(ServeDeploySchema.model_validate(config).applications[0])
 
 
 def test_head_runs_no_model_replicas_even_if_values_ask_for_cpus(tmp_path: Path) -> None:
@@ -108,8 +135,11 @@ def test_blue_green_upgrades_and_a_ray_version_that_matches_the_installed_ray() 
 
 
 @pytest.mark.parametrize("values", list(CI_VALUES))
-def test_serve_config_is_the_finserve_application_and_its_args_validate(values: str) -> None:
-    config = serve_config(values)
+def test_serve_config_is_the_finserve_application_and_its_args_validate(
+    values: str, tmp_path: Path
+) -> None:
+    text = rayservice(values)["spec"]["serveConfigV2"]
+    config = yaml.safe_load(text)
     (app,) = config["applications"]
     assert (app["name"], app["route_prefix"], app["import_path"]) == (
         "finserve", "/", "deployments.app:build_app")
@@ -118,6 +148,32 @@ def test_serve_config_is_the_finserve_application_and_its_args_validate(values: 
     values_file = CI_VALUES[values] or CHART / "values.yaml"
     listed = yaml.safe_load(values_file.read_text())["serve"]["app"]["models"]
     assert [m.name for m in args.models] == [m["name"] for m in listed]
+    # the routing is the gateway's user_config, one entry per listed model
+    routes = Routing.model_validate(gateway_user_config(app))
+    assert list(routes.models) == sorted(m["name"] for m in listed)
+    for model in listed:
+        assert routes.of(model["name"]).versions == model.get("versions", ["latest"])
+    # Ray Serve's schema takes it, with the routing as the gateway's user_config
+    from ray.serve.schema import ServeDeploySchema
+
+    (gateway,) = ServeDeploySchema.model_validate(config).applications[0].deployments
+    assert gateway.name == GATEWAY and Routing.model_validate(gateway.user_config) == routes
+    # and the file as a whole is what `finserve serve` / the project loader accepts
+    (tmp_path / "serve.yaml").write_text(text)
+    _, loaded = load_serve_config(tmp_path / "serve.yaml")
+    assert loaded == args
+
+
+@pytest.mark.parametrize("values", list(CI_VALUES))
+def test_routing_never_reaches_the_app_args(values: str, tmp_path: Path) -> None:
+    base = yaml.safe_load((CI_VALUES[values] or CHART / "values.yaml").read_text())
+    models = copy.deepcopy(base["serve"]["app"]["models"])
+    models[0].update(versions=["1"], traffic={"1": 90, "2": 10}, shadow="3")
+    app = serve_config(values, extra_files=[with_models(tmp_path, models)])["applications"][0]
+    for model in app["args"]["models"]:
+        assert not set(model) & set(ModelRouting.model_fields), model["name"]
+    assert Routing.model_validate(gateway_user_config(app)).of(models[0]["name"]) == \
+        ModelRouting(versions=["1"], traffic={"1": 90, "2": 10}, shadow="3")
 
 
 def test_store_uri_follows_the_model_store(tmp_path: Path) -> None:
@@ -135,23 +191,37 @@ def test_chart_default_app_agrees_with_serve_yaml() -> None:
     # (store_uri from modelStore, the audit trail on stdout, auth from apiKeys).
     shape = {"models", "limits", "gateway"}
     assert app_args().model_dump(include=shape) == local.model_dump(include=shape)
-    assert AppArgs.model_validate(DEFAULTS["serve"]["app"]).model_dump(include=shape) == \
-        local.model_dump(include=shape)
     rendered_app = serve_config()["applications"][0]
     for key in ("name", "route_prefix", "import_path"):
         assert rendered_app[key] == local_app[key], key
+    # the same routing: the gateway's user_config, model by model
+    local_routing = Routing.model_validate(gateway_user_config(local_app))
+    assert routing() == local_routing
+    assert routing().model_dump() == local_routing.model_dump()
+    # and the values themselves: args fields and routing fields of each model
+    values_models = DEFAULTS["serve"]["app"]["models"]
+    args_part = [{k: v for k, v in m.items() if k not in ModelRouting.model_fields}
+                 for m in values_models]
+    app_values = {**DEFAULTS["serve"]["app"], "models": args_part}
+    assert AppArgs.model_validate(app_values).model_dump(include=shape) == \
+        local.model_dump(include=shape)
+    assert Routing(models={m["name"]: ModelRouting.model_validate(
+        {k: v for k, v in m.items() if k in ModelRouting.model_fields})
+        for m in values_models}) == local_routing
 
 
 def test_the_chart_serves_whatever_models_the_values_list(tmp_path: Path) -> None:
     models = copy.deepcopy(DEFAULTS["serve"]["app"]["models"])
     models.append({"name": "fraud-eu", "task": "fraud", "versions": ["3", "2"],
                    "model": {"autoscaling": {"min_replicas": 1, "max_replicas": 6}}})
-    objects = render(write_values(tmp_path, {"serve": {"app": {"models": models}}}))
-    args = AppArgs.model_validate(yaml.safe_load(one(objects, "RayService")["spec"][
-        "serveConfigV2"])["applications"][0]["args"])
+    objects = render(with_models(tmp_path, models))
+    app = yaml.safe_load(one(objects, "RayService")["spec"]["serveConfigV2"])[
+        "applications"][0]
+    args = AppArgs.model_validate(app["args"])
     assert [m.name for m in args.models] == [m["name"] for m in models]
     assert args.models[-1].name == "fraud-eu" and args.models[-1].task_name == "fraud"
-    assert args.model("fraud-eu").versions == ["3", "2"]
+    assert Routing.model_validate(gateway_user_config(app)).of("fraud-eu").versions == [
+        "3", "2"]
     assert args.model("fraud-eu").model.autoscaling.max_replicas == 6
     script = one(objects, "Pod")["spec"]["containers"][0]["args"][0]
     assert "/v2/models/fraud-eu/infer" in script
@@ -167,15 +237,68 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [path]
 
 
-def test_a_model_version_change_changes_only_the_serve_config(tmp_path: Path) -> None:
-    models = copy.deepcopy(DEFAULTS["serve"]["app"]["models"])
-    models[0]["versions"] = ["2", "1"]
-    before = rayservice()
-    after = rayservice(write_values(tmp_path, {"serve": {"app": {"models": models}}}))
+# Routing changes users make: a new default, a canary split, a shadow, and back.
+ROUTING_CHANGES = {
+    "new-default": {"versions": ["2", "1"]},
+    "canary": {"versions": ["1"], "traffic": {"1": 90, "2": 10}},
+    "shadow": {"shadow": "2"},
+    "canary-and-shadow": {"traffic": {"1": 50, "2": 50}, "shadow": "3"},
+}
+
+
+@pytest.mark.parametrize("values", list(CI_VALUES))
+@pytest.mark.parametrize("change", list(ROUTING_CHANGES))
+def test_a_routing_change_changes_only_the_gateways_user_config(
+    tmp_path: Path, values: str, change: str
+) -> None:
+    """The in-place property: KubeRay updates a RayService whose serveConfigV2 alone changed
+    without a new cluster, and Ray Serve applies a change to a deployment's user_config alone
+    with reconfigure, without a restart (a change to the args would replace every replica)."""
+    base = yaml.safe_load((CI_VALUES[values] or CHART / "values.yaml").read_text())
+    models = copy.deepcopy(base["serve"]["app"]["models"])
+    models[0].update(ROUTING_CHANGES[change])
+    before = rayservice(values)
+    after = rayservice(values, extra_files=[with_models(tmp_path, models)])
     assert _diff(before, after) == [".spec.serveConfigV2"]
-    new_args = AppArgs.model_validate(yaml.safe_load(after["spec"]["serveConfigV2"])[
-        "applications"][0]["args"])
-    assert new_args.model("fraud").versions == ["2", "1"]
+    old, new = (yaml.safe_load(r["spec"]["serveConfigV2"]) for r in (before, after))
+    name = models[0]["name"]
+    changed = _diff(old, new)
+    assert changed and all(p.startswith(
+        f".applications[0].deployments[0].user_config.models.{name}.") for p in changed)
+    assert new["applications"][0]["args"] == old["applications"][0]["args"]
+    assert new["applications"][0]["deployments"][0]["name"] == GATEWAY
+    assert serve_code_version(new) == serve_code_version(old)
+    wanted = ModelRouting.model_validate({**{"versions": base["serve"]["app"]["models"][0].get(
+        "versions", ["latest"])}, **ROUTING_CHANGES[change]})
+    assert routing(values, extra_files=[with_models(tmp_path, models)]).of(name) == wanted
+
+
+def test_rollout_shortcuts_change_only_the_gateways_user_config(tmp_path: Path) -> None:
+    """`finserve rollout --model-version/--traffic/--shadow` write values with that property,
+    and ending a split with new versions leaves no stale traffic behind."""
+    canary = model_version_values(DEFAULTS, ["fraud=1"], ["fraud=1:90,2:10"], ["fraud=3"])
+    promoted = model_version_values(canary, ["fraud=2,1"], [], ["fraud="])
+    before = rayservice()
+    steps = []
+    for i, step in enumerate((canary, promoted)):
+        after = rayservice(extra_files=[write_values(tmp_path, step, f"step{i}.yaml")])
+        assert _diff(before, after) == [".spec.serveConfigV2"]
+        config = yaml.safe_load(after["spec"]["serveConfigV2"])
+        assert config["applications"][0]["args"] == serve_config()["applications"][0]["args"]
+        steps.append(Routing.model_validate(gateway_user_config(config["applications"][0])))
+    assert steps[0].of("fraud") == ModelRouting(versions=["1"], traffic={"1": 90, "2": 10},
+                                                shadow="3")
+    assert steps[1].of("fraud") == ModelRouting(versions=["2", "1"])
+    assert steps[1].of("sentiment") == ModelRouting(versions=["latest"])
+
+
+def test_any_other_app_setting_changes_the_args() -> None:
+    """The contrast: a stage setting is in the args, so Ray Serve redeploys the app."""
+    before = serve_config()
+    after = serve_config(sets=["serve.app.limits.max_instances=64"])
+    changed = _diff(before, after)
+    assert changed == [".applications[0].args.limits.max_instances"]
+    assert serve_code_version(after) != serve_code_version(before)
 
 
 def test_an_image_change_changes_the_cluster_spec_not_the_serve_config() -> None:
@@ -194,3 +317,13 @@ def test_the_rayservice_name_fits_kuberay_limits_for_long_release_names() -> Non
     backend = one(objects, "Ingress")["spec"]["rules"][0]["http"]["paths"][0]["backend"]
     assert backend["service"]["name"] == f"{name}-serve-svc"
     assert len(backend["service"]["name"]) <= 63
+
+
+def test_serve_logs_are_json_lines_with_the_request_id():
+    import yaml
+
+    from tests.chart.chartlib import one, render
+
+    config = yaml.safe_load(one(render(), "RayService")["spec"]["serveConfigV2"])
+    logging = config["applications"][0]["logging_config"]
+    assert logging["encoding"] == "JSON" and logging["enable_access_log"] is True

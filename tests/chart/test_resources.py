@@ -309,3 +309,17 @@ def test_notes_use_the_ingress_host_over_https_in_production() -> None:
     assert "export FINSERVE_URL=https://finserve.bank.example.com" in text
     assert "port-forward" not in text
 
+
+
+def test_the_grafana_dashboard_ships_as_a_configmap_over_finserve_metrics():
+    import json
+
+    from tests.chart.chartlib import one, render
+
+    dashboard = one(render(), "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    board = json.loads(dashboard["data"]["finserve.json"])
+    exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
+    for metric in ("finserve_requests", "finserve_stage_latency_ms", "finserve_batch_size",
+                   "finserve_decisions", "finserve_shadow_answers"):
+        assert metric in exprs

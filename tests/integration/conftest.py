@@ -33,7 +33,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60, interval: float 
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
+    raise AssertionError(f"condition not met within {timeout}s (last: {value!r}) {condition}")
 
 
 #: API keys of the session's app (keys are optional there; when sent they are checked)

@@ -183,6 +183,27 @@ Cross-field rules and the KubeRay CRD check; each failure says how to fix the va
 {{- fail (printf "serve.app.models[%s].model.num_gpus is %v but gpuWorker.enabled is false: set gpuWorker.enabled=true or remove num_gpus." .name .model.num_gpus) }}
 {{- end }}
 {{- end }}
+{{- range .Values.serve.app.models }}
+{{- if and (hasKey . "versions") (not .versions) }}
+{{- fail (printf "serve.app.models[%s].versions is empty: list at least one version (the first answers requests that name none), e.g. [\"latest\"], or remove the key." .name) }}
+{{- end }}
+{{- if ne (len (default (list) .versions)) (len (uniq (default (list) .versions))) }}
+{{- fail (printf "serve.app.models[%s].versions %v lists a version twice: list each once." .name .versions) }}
+{{- end }}
+{{- $name := .name }}
+{{- with .traffic }}
+{{- $total := 0 }}
+{{- range $version, $weight := . }}
+{{- if lt (int $weight) 0 }}
+{{- fail (printf "serve.app.models[%s].traffic[%s] is %v: weights must be 0 or more." $name $version $weight) }}
+{{- end }}
+{{- $total = add $total $weight }}
+{{- end }}
+{{- if ne (int $total) 100 }}
+{{- fail (printf "serve.app.models[%s].traffic weights add up to %v, not 100: e.g. {\"1\": 90, \"2\": 10}." $name $total) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and (eq .Values.modelStore.type "s3") (not (hasPrefix "s3://" .Values.modelStore.s3.uri)) }}
 {{- fail (printf "modelStore.type is s3 but modelStore.s3.uri is %q: set it to the store root, e.g. s3://bank-models/finserve." .Values.modelStore.s3.uri) }}
 {{- end }}
@@ -224,23 +245,42 @@ Cross-field rules and the KubeRay CRD check; each failure says how to fix the va
 {{/*
 The Serve config (serveConfigV2): deployments/serve.yaml's application with the values' app
 args, store_uri from modelStore and, with GPU serving, fractional GPUs on the Model stage.
+Each model's routing (versions, traffic, shadow) is taken OUT of the args and rendered as
+the `gateway` deployment's user_config (deployments.config.Routing): Ray Serve hashes the
+args into the application's code version, so a change there restarts every replica, while
+a change to a user_config alone is applied in place by Gateway.reconfigure.
 */}}
 {{- define "finserve.serveConfig" -}}
 {{- $app := deepCopy .Values.serve.app }}
 {{- $_ := set $app "store_uri" (include "finserve.storeUri" .) }}
-{{- if .Values.serve.gpu.enabled }}
 {{- $models := list }}
+{{- $routing := dict }}
 {{- range $app.models }}
-{{- $stage := default (dict) .model }}
+{{- $route := dict "versions" (list "latest") }}
+{{- if hasKey . "versions" }}
+{{- $_ := set $route "versions" .versions }}
+{{- end }}
+{{- with .traffic }}
+{{- $_ := set $route "traffic" . }}
+{{- end }}
+{{- with .shadow }}
+{{- $_ := set $route "shadow" . }}
+{{- end }}
+{{- $_ := set $routing .name $route }}
+{{- $model := omit . "versions" "traffic" "shadow" }}
+{{- if $.Values.serve.gpu.enabled }}
+{{- $stage := default (dict) $model.model }}
 {{- if not $stage.num_gpus }}
 {{- $_ := set $stage "num_gpus" $.Values.serve.gpu.modelReplicaGpus }}
 {{- end }}
-{{- $_ := set . "model" $stage }}
-{{- $models = append $models . }}
+{{- $_ := set $model "model" $stage }}
+{{- end }}
+{{- $models = append $models $model }}
 {{- end }}
 {{- $_ := set $app "models" $models }}
-{{- end }}
-{{- $application := dict "name" "finserve" "route_prefix" "/" "import_path" "deployments.app:build_app" "args" $app }}
+{{- $gateway := dict "name" "gateway" "user_config" (dict "models" $routing) }}
+{{- $logging := dict "encoding" "JSON" "log_level" .Values.serve.logLevel "enable_access_log" true }}
+{{- $application := dict "name" "finserve" "route_prefix" "/" "import_path" "deployments.app:build_app" "args" $app "deployments" (list $gateway) "logging_config" $logging }}
 {{- $config := dict "proxy_location" .Values.serve.proxyLocation "http_options" (dict "host" "0.0.0.0" "port" 8000) "applications" (list $application) }}
 {{- toYaml $config }}
 {{- end }}
