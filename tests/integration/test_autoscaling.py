@@ -20,7 +20,10 @@ PER_REPLICA = 0.5
 def _replicas(app: str, deployment: str) -> dict[str, int]:
     from ray import serve
 
-    status = serve.status().applications[app].deployments[deployment]
+    application = serve.status().applications.get(app)
+    status = application.deployments.get(deployment) if application else None
+    if status is None:  # not created yet
+        return {}
     return {str(s).rsplit(".", 1)[-1]: n for s, n in status.replica_states.items() if n}
 
 
