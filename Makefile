@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test test-unit test-integration test-chart lint tools clean
+.PHONY: install serve test test-unit test-integration test-chart reliability bench lint tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ test-integration: install
 
 test-chart: tools
 	$(BIN)/python -m pytest tests/chart
+
+RELIABILITY_SECONDS ?= 120
+reliability: install  ## load, replica loss, hostile input, decision trail; make test runs it short
+	FINSERVE_RELIABILITY_SECONDS=$(RELIABILITY_SECONDS) \
+		$(BIN)/python -m pytest tests/reliability -m reliability -q -s --timeout 1800
+
+bench: install  ## benchmarks against baselines; results in docs/benchmarks.md
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

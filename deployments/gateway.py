@@ -116,6 +116,17 @@ class Served:
         )
 
 
+def _replica_lost(exc: BaseException) -> bool:
+    """A replica died under the request: Ray raises it directly, or (for a stage waiting on
+    a dead upstream stage) as a RayServeException caused by it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, REPLICA_LOST):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 def _tensor(spec: Any) -> MetadataTensor:
     return MetadataTensor(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
 
@@ -201,7 +212,9 @@ class Gateway:
         for attempt in range(1, RETRIES + 1):
             try:
                 return await self._run_once(served, version, raw, parameters)
-            except REPLICA_LOST as exc:
+            except Exception as exc:
+                if not _replica_lost(exc):
+                    raise
                 if attempt == RETRIES:
                     raise ModelUnavailable(
                         f"model '{served.name}' lost its replica; retry shortly") from exc

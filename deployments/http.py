@@ -64,6 +64,8 @@ def install_error_handlers(app: FastAPI) -> None:
         inner = unwrap(exc)
         if isinstance(inner, FinServeError):
             return error_response(inner.status_code, inner.message, inner.headers)
+        if isinstance(inner, RecursionError):
+            return error_response(400, "request body nests too deeply")
         status = _ray_status(inner)
         if status:
             return error_response(status, "the model is busy; retry shortly", {"Retry-After": "1"})

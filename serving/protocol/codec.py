@@ -30,6 +30,8 @@ V2_DTYPES: dict[str, np.dtype | type] = {
     "BYTES": np.object_,
 }
 _OK = object()
+#: the most dimensions a wire tensor may declare (numpy's own limit is 64)
+MAX_RANK = 8
 _NUMPY_TO_V2 = {np.dtype(v).kind + str(np.dtype(v).itemsize): k for k, v in V2_DTYPES.items()}
 
 
@@ -97,6 +99,8 @@ def to_numpy(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarra
         )
     if any((not isinstance(d, int)) or d < 0 for d in shape):
         raise InvalidInput(f"input '{name}' has an invalid shape {shape}")
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"input '{name}' has {len(shape)} dimensions; at most {MAX_RANK}")
     flat = _flatten(data)
     expected = int(np.prod(shape)) if shape else 1
     if len(flat) != expected:
@@ -107,6 +111,11 @@ def to_numpy(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarra
     if dtype is np.object_:
         if not all(isinstance(v, str) for v in flat):
             raise InvalidInput(f"input '{name}' is BYTES: every element must be a string")
+        try:
+            for v in flat:
+                v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"input '{name}' holds text that is not valid UTF-8") from None
         array = np.array(flat, dtype=object)
     else:
         bad = next((v for v in flat if not isinstance(v, int | float)), _OK)
@@ -114,7 +123,10 @@ def to_numpy(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarra
             raise InvalidInput(
                 f"input '{name}' is {datatype}: every element must be a number, got {bad!r}"
             )
-        array = np.asarray(flat, dtype=np.float64)
+        try:
+            array = np.asarray(flat, dtype=np.float64)
+        except (OverflowError, ValueError):
+            raise InvalidInput(f"input '{name}' holds a number too large for {datatype}") from None
         if not np.isfinite(array).all():
             raise InvalidInput(f"input '{name}' contains NaN or infinity")
         kind = np.dtype(dtype).kind

@@ -46,6 +46,9 @@ def test_flat_and_nested_data_decode_alike():
         ("BYTES", [2], ["a", 3], "must be a string"),
         ("FLOAT", [1], [1.0], "unknown datatype"),
         ("FP32", [-1, 2], [1, 2], "invalid shape"),
+        ("FP32", [1, 1], [10**400], "too large"),
+        ("FP32", [1] * 70, [1.0], "dimensions"),
+        ("BYTES", [1], ["bad \ud800 text"], "UTF-8"),
     ],
 )
 def test_bad_tensors_are_rejected_with_a_reason(datatype, shape, data, message):

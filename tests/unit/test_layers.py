@@ -89,3 +89,19 @@ def test_serve_config_routing_must_name_served_models(tmp_path):
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match="not served"):
         load_serve_config(tmp_path / "serve.yaml")
+
+
+def test_a_lost_replica_is_recognised_through_serve_wrapping():
+    from ray.exceptions import ActorDiedError
+    from ray.serve.exceptions import RayServeException
+
+    from deployments.gateway import _replica_lost
+
+    try:
+        try:
+            raise ActorDiedError()
+        except ActorDiedError as died:
+            raise RayServeException("upstream actor died") from died
+    except RayServeException as wrapped:
+        assert _replica_lost(wrapped)
+    assert not _replica_lost(ValueError("bad input"))
