@@ -1,10 +1,11 @@
 """Apply a Serve config declaratively, the way ``serve deploy`` and KubeRay do.
 
-Declarative deploys give an application a code version derived from its import path, so a
-change to ``args`` alone (a model version, a canary weight, batching) reaches running
-replicas as ``reconfigure`` calls: nothing restarts and no request is dropped. The
-imperative ``serve.run`` gives every call a new version and replaces every replica.
-This uses the same client call as Ray's own ``serve run config.yaml``.
+Declarative deploys give an application a code version derived from its import path and
+``args``, so a change to a deployment's ``user_config`` alone (the gateway's routing: model
+versions, canary weights, shadows) reaches running replicas as ``reconfigure`` calls:
+nothing restarts and no request is dropped. A change to ``args`` replaces the replicas, and
+the imperative ``serve.run`` replaces every replica on every call. This uses the same client
+call as Ray's own ``serve run config.yaml``.
 """
 
 from __future__ import annotations
