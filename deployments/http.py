@@ -174,7 +174,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers") or []).get(b"authorization")
-        path = scope.get("path", "")
+        path = scope.get("path", "").removeprefix(scope.get("root_path", ""))  # route prefix
         if header is None and (not self.required or path.startswith(PUBLIC_PATHS)):
             scope[KEY_SCOPE_KEY] = None
             await self.app(scope, receive, send)
