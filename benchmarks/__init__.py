@@ -1,0 +1,1 @@
+"""FinServe's benchmark suite: ``python -m benchmarks.run`` (``make bench``)."""

@@ -1,0 +1,401 @@
+"""``make bench``: FinServe against baselines, side by side, on the same model files.
+
+Systems: FinServe (``finserve serve`` in a subprocess; V2 and task routes; the default
+proxy and, in full mode, the HAProxy ingress), (a) the seed design's ``keras.Model.predict``
+per request, (b) a hand-written single-process FastAPI app calling the signature, and (c)
+the signature in this process at its best batch size. Load comes from wrk, whose own
+ceiling against a trivial server is measured in the same run. Raw results go to
+``benchmarks/results/<date>-<commit>[-quick].json``, tables and pass/fail lines of the
+issue's targets to ``docs/benchmarks.md``, plots to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from benchmarks.loadgen import require_wrk, wrk
+from benchmarks.systems import ROOT, System, free_port, http, python_module
+
+HERE = Path(__file__).resolve().parent
+STORE, WORK, RESULTS = HERE / ".store", HERE / ".work", HERE / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+MODELS = ("sentiment", "fraud", "credit")
+CONCURRENCY = (1, 8, 32, 128)
+BATCH, BATCH_CONCURRENCY = 64, 8
+PARTS = ("ceiling", "inprocess", "a", "b", "finserve", "haproxy")
+app = typer.Typer(add_completion=False)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    instances: int
+    connections: int
+
+
+SCENARIOS = [Scenario(f"single c={c}", 1, c) for c in CONCURRENCY] + [
+    Scenario(f"batch{BATCH} c={BATCH_CONCURRENCY}", BATCH, BATCH_CONCURRENCY)]
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                if line.startswith("model name")), platform.processor())
+    mem_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
+    return {"cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "cpu": cpu,
+            "python": platform.python_version(), "kernel": platform.release()}
+
+
+def git(*args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def ensure_models(models: list[str]) -> dict[str, str]:
+    """Train every benchmark model missing from the benchmark store; their versions."""
+    from serving.store import ModelStore
+    from serving.training import train
+
+    store = ModelStore(STORE)
+    for model in models:
+        if not store.versions(model):
+            log(f"training {model} into {STORE} (once)")
+            train(model, store)
+    return {m: store.resolve(m, "latest") for m in models}
+
+
+def write_inputs(models: list[str], audit: bool = True,
+                 ) -> tuple[Path, dict[tuple[str, str, int], Path]]:
+    """The Serve config (deployments/serve.yaml's settings for these models, pointed at the
+    benchmark store) and the request bodies: V2 and task route, 1 and BATCH instances,
+    made from the records in tests/testdata/<task>_task_request.json."""
+    from serving.tasks import get_task
+
+    config = yaml.safe_load((ROOT / "deployments" / "serve.yaml").read_text())
+    application = config["applications"][0]
+    args = application["args"]
+    args["models"] = [m for m in args["models"] if m["name"] in models]
+    for deployment in application.get("deployments") or []:  # the gateway's routing
+        routing = deployment.get("user_config") or {}
+        if isinstance(routing.get("models"), dict):
+            routing["models"] = {k: v for k, v in routing["models"].items() if k in models}
+    args["store_uri"] = str(STORE)
+    args["audit"] = {**args.get("audit", {}), "location": str(WORK / "audit")}
+    if not audit:
+        args["audit"]["enabled"] = False
+    (WORK / "bodies").mkdir(parents=True, exist_ok=True)
+    config_path = WORK / "serve.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    bodies: dict[tuple[str, str, int], Path] = {}
+    for model in models:
+        task = get_task(model)
+        records = json.loads(
+            (ROOT / "tests" / "testdata" / f"{model}_task_request.json").read_text())["records"]
+        for n in (1, BATCH):
+            rows = [records[i % len(records)] for i in range(n)]
+            raw = task.records_to_raw([task.Record.model_validate(r) for r in rows])
+            spec = task.input_spec
+            v2 = {"inputs": [{"name": spec.name, "shape": list(raw.shape),
+                              "datatype": spec.datatype, "data": raw.reshape(-1).tolist()}]}
+            for route, body in (("v2", v2), ("task", {"records": rows})):
+                path = WORK / "bodies" / f"{model}-{route}-{n}.json"
+                path.write_text(json.dumps(body))
+                bodies[(model, route, n)] = path
+    return config_path, bodies
+
+
+def task_path(model: str) -> str:
+    from serving.tasks import get_task
+
+    return f"/v1/{model}/{get_task(model).route}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One system's route: where a point's requests go."""
+
+    system: str
+    base: str
+    route: str
+
+
+@dataclass
+class Bench:
+    seconds: int
+    warmup: int
+    bodies: dict[tuple[str, str, int], Path]
+    points: list[dict[str, Any]] = field(default_factory=list)
+
+    def point(self, target: Target, model: str, sc: Scenario) -> None:
+        """Check the body answers 200 (and any backlog is gone), run wrk, then wait for the
+        system to drain its own backlog so that it does not load the next point."""
+        path = f"/v2/models/{model}/infer" if target.route == "v2" else task_path(model)
+        body = self.bodies[(model, target.route, sc.instances)]
+        url = target.base + path
+        status, settle_s = settle(url, body.read_bytes())
+        load_before = os.getloadavg()[0]
+        r = wrk(url, body, sc.connections, self.seconds, self.warmup)
+        drain_s = settle(url, body.read_bytes())[1]
+        self.points.append({
+            "system": target.system, "route": target.route, "model": model,
+            "scenario": sc.name, "instances": sc.instances, "connections": sc.connections,
+            "check_status": status, "settle_s": round(settle_s, 2),
+            "drain_s": round(drain_s, 2), "instances_per_s": r["rps"] * sc.instances,
+            "load1_before": round(load_before, 2), **r})
+        log(f"  {target.system:<22} {model:<9} {sc.name:<13} {r['rps']:8.1f} req/s  "
+            f"p50 {r['p50_ms']:7.1f}  p99 {r['p99_ms']:7.1f} ms  err {r['errors']}  "
+            f"load {load_before:.0f}")
+
+    def interleaved(self, targets: list[Target], models: list[str],
+                    scenarios: list[Scenario]) -> None:
+        """Every scenario on every target back to back, so that all systems see the same
+        machine load (the machine may be shared) within a few points of each other."""
+        for model in models:
+            for sc in scenarios:
+                for target in targets:
+                    self.point(target, model, sc)
+
+
+def settle(url: str, body: bytes, timeout: float = 180.0) -> tuple[int, float]:
+    """Wait until one request answers 200 (the last point's backlog has drained, the body
+    is right); its status and the seconds waited."""
+    started = time.perf_counter()
+    status, answer = 0, b""
+    while time.perf_counter() - started < timeout:
+        status, answer = http(url, body, timeout=60)
+        if status == 200:
+            break
+        time.sleep(1)
+    else:
+        log(f"  {url}: HTTP {status} {answer[:200]!r}")
+    return status, time.perf_counter() - started
+
+
+def start(system: System, first_path: str, body: bytes | None,
+          infos: dict[str, dict[str, Any]], attempts: int = 2) -> bool:
+    """Start a system; time its first answer and readiness; one more attempt if it does
+    not come up (a local Ray can time out starting on an overloaded machine)."""
+    info = infos[system.name] = {"name": system.name, "failed_attempts": []}
+    for attempt in range(1, attempts + 1):
+        log(f"starting {system.name} (attempt {attempt})")
+        system.start()
+        try:
+            info["first_answer_s"] = round(system.wait_until(first_path, body), 2)
+            info["ready_s"] = round(system.wait_until("/v2/health/ready"), 2)
+            log(f"{system.name}: first answer after {info['first_answer_s']} s")
+            return True
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            info["failed_attempts"].append({"error": error, "stop": system.stop()})
+            log(f"{system.name} failed: {error}")
+    info["error"] = info["failed_attempts"][-1]["error"]
+    info["stop"] = info["failed_attempts"][-1]["stop"]
+    return False
+
+
+def stop(system: System, infos: dict[str, dict[str, Any]]) -> None:
+    if system.proc is not None and "stop" not in infos[system.name]:
+        infos[system.name]["stop"] = system.stop()
+        log(f"stopped {system.name}: {infos[system.name]['stop']}")
+
+
+def baseline(kind: str, name: str, config: Path) -> System:
+    port = free_port()
+    cmd = python_module("benchmarks.baselines", kind, "--config", str(config),
+                        "--port", str(port))
+    return System(name, cmd, port, WORK / f"{name}.log")
+
+
+def finserve(name: str, config: Path, haproxy: bool) -> System:
+    port = free_port()
+    # Ray starts its workers at nice 15; the baselines run at nice 0. On a shared machine that
+    # alone decides who gets the CPU, so FinServe's workers get the baselines' priority here.
+    env = {"FINSERVE_HOME": str(ROOT), "RAY_SERVE_ENABLE_HA_PROXY": "1" if haproxy else "0",
+           "RAY_worker_niceness": "0"}
+    extra: list[int] = []
+    if haproxy:  # private paths and ports: other Serve instances on this machine keep theirs
+        hp = Path(tempfile.mkdtemp(prefix="fsb-haproxy-"))  # unix socket paths: < 98 chars
+        extra = [free_port(), free_port()]
+        env |= {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(hp / "haproxy.cfg"),
+                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(hp / "admin.sock"),
+                "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(hp / "metrics.sock"),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(hp),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(hp / "server-state"),
+                "RAY_SERVE_HAPROXY_STATS_PORT": str(extra[0]),
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(extra[1])}
+    cmd = [str(Path(sys.executable).with_name("finserve")), "serve", "--config", str(config),
+           "--port", str(port), "--no-train"]
+    return System(name, cmd, port, WORK / f"{name}.log", env, extra)
+
+
+@app.command()
+def main(
+    quick: Annotated[bool, typer.Option(help="3 s per point, 1 s warm-up, no HAProxy run.")]
+    = False,
+    seconds: Annotated[int | None, typer.Option(help="Seconds per point (full: 10).")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Warm-up seconds per point.")] = None,
+    haproxy: Annotated[bool | None, typer.Option(help="Also FinServe with HAProxy ingress "
+                                                      "(default: full mode only).")] = None,
+    models: Annotated[str, typer.Option(help="Comma-separated models.")] = ",".join(MODELS),
+    only: Annotated[str, typer.Option(help="Comma-separated subset of: " + ",".join(PARTS))]
+    = ",".join(PARTS),
+    audit: Annotated[bool, typer.Option(help="FinServe writes its decision trail (as "
+                                             "configured); --no-audit to isolate its cost.")]
+    = True,
+    docs: Annotated[bool, typer.Option(help="Write docs/benchmarks.md and plots.")] = True,
+) -> None:
+    """Measure FinServe and the baselines; write results, docs and plots."""
+    from benchmarks.inprocess import model_limit
+    from benchmarks.report import write_report
+
+    started = time.perf_counter()
+    wrk_version = require_wrk()
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    mode = "quick" if quick else "full"
+    seconds = seconds or (3 if quick else 10)
+    warmup = warmup if warmup is not None else (1 if quick else 2)
+    haproxy = (not quick) if haproxy is None else haproxy
+    parts = {p.strip() for p in only.split(",")} - ({"haproxy"} if not haproxy else set())
+    commit = git("rev-parse", "--short", "HEAD") or "nocommit"
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "mode": mode,
+        "commit": commit, "dirty": bool(git("status", "--porcelain")),
+        "machine": machine(), "wrk": wrk_version, "seconds_per_point": seconds,
+        "warmup_s": warmup, "load_start": [round(x, 2) for x in os.getloadavg()],
+        "models": names, "parts": sorted(parts), "audit": audit,
+        "scenarios": [asdict(s) for s in SCENARIOS], "systems": {},
+    }
+    log(f"{mode} run, {seconds} s per point; load average {result['load_start']}")
+    points: list[dict[str, Any]] = []
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the systems on SIGTERM too
+    try:
+        result["versions"] = ensure_models(names)
+        config, bodies = write_inputs(names, audit)
+        bench = Bench(seconds, warmup, bodies, points)
+        infos: dict[str, dict[str, Any]] = result["systems"]
+
+        # wrk's own ceiling: a trivial raw-asyncio responder, tiny JSON body, alone
+        tiny = WORK / "bodies" / "tiny.json"
+        tiny.write_text('{"inputs": []}')
+        port = free_port()
+        trivial = System("wrk-ceiling", python_module("benchmarks.trivial", "--port", str(port)),
+                         port, WORK / "trivial.log", stop_signal=signal.SIGTERM)
+        if "ceiling" in parts and start(trivial, "/", None, infos):
+            try:
+                for c in (1, 32, 128):
+                    r = wrk(trivial.base + "/", tiny, c, seconds, warmup)
+                    bench.points.append({"system": "wrk-ceiling", "route": "-", "model": "-",
+                                         "scenario": f"single c={c}", "instances": 1,
+                                         "connections": c, "instances_per_s": r["rps"], **r})
+                    log(f"  wrk ceiling c={c}: {r['rps']:.0f} req/s p99 {r['p99_ms']:.2f} ms")
+            finally:
+                stop(trivial, infos)
+
+        # (c) the model's own limit, in this process, before any server runs
+        from deployments.config import load_serve_config
+        from serving.store import ModelStore
+
+        args = load_serve_config(config)[1]
+        result["inprocess"] = {}
+        for m in names if "inprocess" in parts else []:
+            limit = model_limit(ModelStore(STORE), m, args.model(m).task_name,
+                                _raw(m, bodies), args.model(m).options, max(1, seconds // 4))
+            result["inprocess"][m] = limit
+            log(f"  in-process {m}: best {limit['best_instances_per_s']:.0f} inst/s at batch "
+                f"{limit['best_batch']}; batch 1 preprocess+call p50 "
+                f"{limit['batch1_pre_call_p50_ms']:.2f} ms")
+
+        # FinServe first and alone (its cold start), then (a) and (b) beside it, interleaved
+        first = (task_path(names[0]), bodies[(names[0], "task", 1)].read_bytes())
+        default = finserve("finserve", config, haproxy=False)
+        baselines = [baseline(kind, name, config)
+                     for part, kind, name in (("a", "keras", "a-keras-predict"),
+                                              ("b", "signature", "b-fastapi-signature"))
+                     if part in parts]
+        try:
+            targets: list[Target] = []
+            if "finserve" in parts and start(default, *first, infos):
+                targets += [Target("finserve-v2", default.base, "v2"),
+                            Target("finserve-task", default.base, "task")]
+            for system in baselines:
+                if start(system, "/v2/health/ready", None, infos):
+                    targets.append(Target(system.name, system.base, "v2"))
+            targets.sort(key=lambda t: t.system)
+            bench.interleaved(targets, names, SCENARIOS)
+            for system in baselines:
+                stop(system, infos)
+            # the HAProxy ingress beside the default proxy, interleaved, sentiment only
+            if "haproxy" in parts and "sentiment" in names:
+                ha = finserve("finserve-haproxy", config, haproxy=True)
+                try:
+                    if start(ha, *first, infos):
+                        pairs = [Target("finserve-haproxy-v2", ha.base, "v2"),
+                                 Target("finserve-haproxy-task", ha.base, "task")]
+                        if default.proc is not None and default.proc.poll() is None:
+                            pairs += [Target("finserve-default-v2", default.base, "v2"),
+                                      Target("finserve-default-task", default.base, "task")]
+                        pairs.sort(key=lambda t: (t.route, t.system))
+                        single = [s for s in SCENARIOS if s.instances == 1]
+                        bench.interleaved(pairs, ["sentiment"], single)
+                finally:
+                    stop(ha, infos)
+                    shutil.rmtree(ha.env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
+        finally:
+            for system in [*baselines, default]:
+                if system.name in infos:
+                    stop(system, infos)
+    except KeyboardInterrupt:
+        result["interrupted"] = True
+        log("interrupted: systems stopped; writing the points measured so far")
+
+    result["points"] = points
+    result["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["total_s"] = round(time.perf_counter() - started, 1)
+    RESULTS.mkdir(exist_ok=True)
+    partial = set(PARTS) - parts - ({"haproxy"} if not haproxy else set()) or not audit
+    stem = (f"{datetime.now(UTC):%Y-%m-%d}-{commit}" + ("-quick" if quick else "")
+            + ("-partial" if partial else "") + ("" if audit else "-noaudit")
+            + ("-interrupted" if result.get("interrupted") else ""))
+    out = RESULTS / f"{stem}.json"
+    out.write_text(json.dumps(result, indent=1))
+    log(f"results: {out} ({result['total_s']} s); load average {result['load_end']}")
+    if docs and not partial and not result.get("interrupted"):
+        write_report(result, out, DOC)
+        log(f"report: {DOC}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _raw(model: str, bodies: dict[tuple[str, str, int], Path]) -> Any:
+    """The raw batch of the BATCH-instance V2 body, for the in-process measurement."""
+    import numpy as np
+
+    tensor = json.loads(bodies[(model, "v2", BATCH)].read_text())["inputs"][0]
+    dtype = object if tensor["datatype"] == "BYTES" else np.float32
+    return np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"])
+
+
+if __name__ == "__main__":
+    app()
