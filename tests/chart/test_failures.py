@@ -117,3 +117,9 @@ def test_routing_the_chart_refuses_is_routing_the_gateway_would_refuse(case: str
     routing = {k: v for k, v in model.items() if k in ModelRouting.model_fields}
     with pytest.raises(ValidationError):
         ModelRouting.model_validate(routing)
+
+
+def test_the_chart_refuses_to_run_without_api_keys():
+    from tests.chart.chartlib import render_error
+
+    assert "always requires API keys" in render_error(sets=["apiKeys.requireAuth=false"])

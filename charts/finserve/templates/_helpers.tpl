@@ -290,7 +290,7 @@ Environment of every Ray container: API keys, model store, extra env.
 */}}
 {{- define "finserve.rayEnv" -}}
 - name: FINSERVE_REQUIRE_AUTH
-  value: {{ .Values.apiKeys.requireAuth | quote }}
+  value: {{ required "apiKeys.requireAuth must stay true: FinServe on Kubernetes always requires API keys" (ternary "true" "" .Values.apiKeys.requireAuth) | quote }}
 - name: FINSERVE_API_KEYS_FILE
   value: {{ include "finserve.apiKeysFile" . | quote }}
 - name: FINSERVE_STORE
