@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ def plots(r: dict[str, Any], pts: Points, models: list[str], stem: str) -> list[
         return []
     paths = []
     for m in models:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(10, 4.8))
         for system, label in SYSTEMS.items():
             series = [p for c in (1, 8, 32, 128)
                       if (p := pts.get(system, m, f"single c={c}")) and p["rps"] > 0]
@@ -122,7 +123,7 @@ def plots(r: dict[str, Any], pts: Points, models: list[str], stem: str) -> list[
         ax.set(xscale="log", yscale="log", xlabel="throughput (requests/s, 1 instance each)",
                ylabel="p99 latency (ms)", title=f"{m}: throughput vs p99 ({r['mode']} run)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         path = ROOT / "benchmarks" / "results" / f"{stem}-{m}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=110)
@@ -269,12 +270,26 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
                                  f"{_f(h['p50_ms'], 2)} | {_f(h['p99_ms'], 2)} |")
     else:
         lines.append("Not measured in this run (`--haproxy`, on by default in full mode).")
+    lines += ["", "## Cold start in every stored run", "",
+              "`finserve serve --no-train` to the first 200 on the sentiment task route; it "
+              "depends on the machine's load as much as on FinServe.", "",
+              "| results file | mode | load at run start (1 min) | first answer (s) |",
+              "| --- | --- | ---: | ---: |"]
+    for q in sorted(json_path.parent.glob("*.json")):
+        run = json.loads(q.read_text())
+        fs = run.get("systems", {}).get("finserve", {})
+        if fs:
+            mode = run["mode"] + ("" if run.get("audit", True) else ", no audit")
+            lines.append(f"| `{q.name}` | {mode} | {run['load_start'][0]:.0f} | "
+                         f"{_f(fs.get('first_answer_s'))} |")
     lines += ["", "## Start, stop and clean-up", "",
-              "| system | first answer (s) | ready (s) | exit code | processes left and killed "
-              "| ports free after stop | error |", "| --- | ---: | ---: | ---: | --- | --- | --- |"]
+              "| system | load when started | first answer (s) | ready (s) | exit code | "
+              "processes left and killed | ports free after stop | error |",
+              "| --- | ---: | ---: | ---: | ---: | --- | --- | --- |"]
     for name, info in r["systems"].items():
         stop = info.get("stop", {})
-        lines.append(f"| {name} | {_f(info.get('first_answer_s'))} | {_f(info.get('ready_s'))} "
+        lines.append(f"| {name} | {_f(info.get('load1_at_start'), 0)} | "
+                     f"{_f(info.get('first_answer_s'))} | {_f(info.get('ready_s'))} "
                      f"| {stop.get('exit_code', '-')} | {len(stop.get('killed_leftovers', []))}"
                      f" {stop.get('killed_leftovers') or ''} | {stop.get('ports_free', '-')} "
                      f"| {_one_line(info.get('error', ''))} |")

@@ -103,6 +103,7 @@ def write_inputs(models: list[str], audit: bool = True,
     args["audit"] = {**args.get("audit", {}), "location": str(WORK / "audit")}
     if not audit:
         args["audit"]["enabled"] = False
+    shutil.rmtree(WORK / "audit", ignore_errors=True)  # each run's trail starts empty
     (WORK / "bodies").mkdir(parents=True, exist_ok=True)
     config_path = WORK / "serve.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -198,6 +199,7 @@ def start(system: System, first_path: str, body: bytes | None,
     info = infos[system.name] = {"name": system.name, "failed_attempts": []}
     for attempt in range(1, attempts + 1):
         log(f"starting {system.name} (attempt {attempt})")
+        info["load1_at_start"] = round(os.getloadavg()[0], 2)
         system.start()
         try:
             info["first_answer_s"] = round(system.wait_until(first_path, body), 2)
@@ -214,8 +216,10 @@ def start(system: System, first_path: str, body: bytes | None,
 
 
 def stop(system: System, infos: dict[str, dict[str, Any]]) -> None:
+    """Stop once: FinServe gets 45 s for its Ctrl-C path, the other servers 10 s."""
     if system.proc is not None and "stop" not in infos[system.name]:
-        infos[system.name]["stop"] = system.stop()
+        grace = 45.0 if system.name.startswith("finserve") else 10.0
+        infos[system.name]["stop"] = system.stop(grace)
         log(f"stopped {system.name}: {infos[system.name]['stop']}")
 
 
