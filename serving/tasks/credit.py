@@ -20,6 +20,7 @@ from serving.data import require_columns
 from serving.errors import InvalidInput
 from serving.protocol.codec import TensorSpec
 from serving.tasks._explain import integrated_gradients, rank_reasons
+from serving.tasks._layers import binary_mlp
 from serving.tasks.base import Dataset, Evaluation, Step, Task
 
 HOME = ("rent", "mortgage", "own")
@@ -224,18 +225,7 @@ class CreditTask(Task):
 
     # --- model ------------------------------------------------------------------------
     def build_model(self, params: dict[str, Any]) -> Any:
-        import keras
-
-        model = keras.Sequential(
-            [
-                keras.Input((params["input_width"],), name="inputs"),
-                keras.layers.Dense(32, activation="relu"),
-                keras.layers.Dense(16, activation="relu"),
-                keras.layers.Dense(1, activation="sigmoid"),
-            ]
-        )
-        model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="binary_crossentropy")
-        return model
+        return binary_mlp(params["input_width"], learning_rate=2e-3)
 
     def serving_outputs(self, model: Any, params: dict[str, Any]) -> Any:
         """Scores and integrated-gradients attributions against the reference applicant."""

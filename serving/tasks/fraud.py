@@ -15,6 +15,7 @@ from serving.data import require_columns
 from serving.errors import InvalidInput
 from serving.protocol.codec import TensorSpec
 from serving.tasks._explain import integrated_gradients, rank_reasons
+from serving.tasks._layers import binary_mlp
 from serving.tasks.base import Dataset, Evaluation, Step, Task
 
 #: Raw feature order on the V2 and V1 routes.
@@ -172,18 +173,7 @@ class FraudTask(Task):
                 ).astype(np.float32)
 
     def build_model(self, params: dict[str, Any]) -> Any:
-        import keras
-
-        model = keras.Sequential(
-            [
-                keras.Input((params["input_width"],), name="inputs"),
-                keras.layers.Dense(32, activation="relu"),
-                keras.layers.Dense(16, activation="relu"),
-                keras.layers.Dense(1, activation="sigmoid"),
-            ]
-        )
-        model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
-        return model
+        return binary_mlp(params["input_width"], learning_rate=3e-3)
 
     def serving_outputs(self, model: Any, params: dict[str, Any]) -> Any:
         """Scores and attributions against the median (reference) transaction."""
