@@ -7,15 +7,22 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+#: hand-written: each serving-path change's prediction and measured outcome
+LEVERS = Path(__file__).resolve().parent / "levers.md"
+
+
+def _levers() -> list[str]:
+    """benchmarks/levers.md, carried into every generated page."""
+    return [*LEVERS.read_text().rstrip().splitlines(), ""] if LEVERS.exists() else []
 SYSTEMS = {
     "a-keras-predict": "(a) seed: keras predict",
     "b-fastapi-signature": "(b) FastAPI + signature",
     "finserve-v2": "FinServe V2",
     "finserve-task": "FinServe task route",
-    "finserve-default-v2": "FinServe V2, default proxy (beside HAProxy run)",
-    "finserve-default-task": "FinServe task, default proxy (beside HAProxy run)",
-    "finserve-haproxy-v2": "FinServe V2, HAProxy",
-    "finserve-haproxy-task": "FinServe task, HAProxy",
+    "finserve-default-v2": "FinServe V2, Ray's Python proxy",
+    "finserve-default-task": "FinServe task, Ray's Python proxy",
+    "finserve-haproxy-v2": "FinServe V2, HAProxy (beside the Python proxy run)",
+    "finserve-haproxy-task": "FinServe task, HAProxy (beside the Python proxy run)",
 }
 C32, C1 = "single c=32", "single c=1"
 
@@ -189,17 +196,19 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
         "",
         *targets(r, pts, models),
         "",
+        *_levers(),
         "## Systems",
         "",
         "| system | what answers |",
         "| --- | --- |",
         "| FinServe V2 / task route | `finserve serve --no-train` in a subprocess with a "
         "generated Serve config (deployments/serve.yaml's settings for these models, the "
-        "benchmark store `benchmarks/.store`, audit trail on): gateway → Preprocess → Model "
-        "(`@serve.batch`) → Postprocess, default Python proxy. `POST /v2/models/{m}/infer`"
+        "benchmark store `benchmarks/.store`, audit trail on), as shipped: HAProxy ingress → "
+        "gateway replicas running each model's Preprocess → Model (`@serve.batch`) → "
+        "Postprocess in-process (`placement: gateway`). `POST /v2/models/{m}/infer`"
         " and `POST /v1/{m}/{route}` (task-route bodies from `tests/testdata`). |",
-        "| FinServe …, HAProxy | the same with `RAY_SERVE_ENABLE_HA_PROXY=1` (private "
-        "HAProxy config paths and ports); sentiment, 1 instance per request only. |",
+        "| FinServe …, Ray's Python proxy | the same with `--proxy python` (Ray Serve's "
+        "default proxy actor); sentiment, 1 instance per request only. |",
         "| (a) seed: keras predict | one uvicorn process, sync FastAPI endpoint "
         "`POST /v2/models/{m}/infer` (V2 body), task preprocess, `keras.Model.predict` per "
         "request on a Keras model of `keras.layers.TFSMLayer` wrapping the stored "
@@ -253,12 +262,12 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
                                  f"{_f(p['instances_per_s'], 0)} | {_f(p['p50_ms'], 2)} | "
                                  f"{_f(p['p95_ms'], 2)} | {_f(p['p99_ms'], 2)} | {err} | "
                                  f"{_load(p)} |")
-    lines += ["", "## Default proxy against the HAProxy ingress (sentiment, 1 instance)", "",
-              "Two FinServe instances side by side (the default one kept from the main "
-              "comparison and one started with `RAY_SERVE_ENABLE_HA_PROXY=1`), measured "
-              "interleaved point by point.", ""]
+    lines += ["", "## Ray's Python proxy against the HAProxy ingress (sentiment, 1 instance)",
+              "", "Two FinServe instances side by side (the shipped HAProxy one kept from the "
+              "main comparison and one started with `--proxy python`), measured interleaved "
+              "point by point.", ""]
     if pts.get("finserve-haproxy-v2", "sentiment", C1):
-        lines += ["| route | c | default req/s | p50 | p99 | HAProxy req/s | p50 | p99 |",
+        lines += ["| route | c | Python proxy req/s | p50 | p99 | HAProxy req/s | p50 | p99 |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for route in ("v2", "task"):
             for c in (1, 8, 32, 128):

@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +28,8 @@ import typer
 import yaml
 
 from benchmarks.loadgen import require_wrk, wrk
-from benchmarks.systems import ROOT, System, free_port, http, python_module
+from benchmarks.systems import ROOT, System, http, python_module
+from deployments.deploy import free_port
 
 HERE = Path(__file__).resolve().parent
 STORE, WORK, RESULTS = HERE / ".store", HERE / ".work", HERE / "results"
@@ -234,22 +234,10 @@ def finserve(name: str, config: Path, haproxy: bool) -> System:
     port = free_port()
     # Ray starts its workers at nice 15; the baselines run at nice 0. On a shared machine that
     # alone decides who gets the CPU, so FinServe's workers get the baselines' priority here.
-    env = {"FINSERVE_HOME": str(ROOT), "RAY_SERVE_ENABLE_HA_PROXY": "1" if haproxy else "0",
-           "RAY_worker_niceness": "0"}
-    extra: list[int] = []
-    if haproxy:  # private paths and ports: other Serve instances on this machine keep theirs
-        hp = Path(tempfile.mkdtemp(prefix="fsb-haproxy-"))  # unix socket paths: < 98 chars
-        extra = [free_port(), free_port()]
-        env |= {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(hp / "haproxy.cfg"),
-                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(hp / "admin.sock"),
-                "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(hp / "metrics.sock"),
-                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(hp),
-                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(hp / "server-state"),
-                "RAY_SERVE_HAPROXY_STATS_PORT": str(extra[0]),
-                "RAY_SERVE_HAPROXY_METRICS_PORT": str(extra[1])}
+    env = {"FINSERVE_HOME": str(ROOT), "RAY_worker_niceness": "0"}
     cmd = [str(Path(sys.executable).with_name("finserve")), "serve", "--config", str(config),
-           "--port", str(port), "--no-train"]
-    return System(name, cmd, port, WORK / f"{name}.log", env, extra)
+           "--port", str(port), "--no-train", "--proxy", "haproxy" if haproxy else "python"]
+    return System(name, cmd, port, WORK / f"{name}.log", env)
 
 
 @app.command()
@@ -258,7 +246,8 @@ def main(
     = False,
     seconds: Annotated[int | None, typer.Option(help="Seconds per point (full: 10).")] = None,
     warmup: Annotated[int | None, typer.Option(help="Warm-up seconds per point.")] = None,
-    haproxy: Annotated[bool | None, typer.Option(help="Also FinServe with HAProxy ingress "
+    haproxy: Annotated[bool | None, typer.Option(help="Also FinServe on Ray's Python proxy "
+                                                      "beside the shipped HAProxy ingress "
                                                       "(default: full mode only).")] = None,
     models: Annotated[str, typer.Option(help="Comma-separated models.")] = ",".join(MODELS),
     only: Annotated[str, typer.Option(help="Comma-separated subset of: " + ",".join(PARTS))]
@@ -331,7 +320,7 @@ def main(
 
         # FinServe first and alone (its cold start), then (a) and (b) beside it, interleaved
         first = (task_path(names[0]), bodies[(names[0], "task", 1)].read_bytes())
-        default = finserve("finserve", config, haproxy=False)
+        default = finserve("finserve", config, haproxy=True)
         baselines = [baseline(kind, name, config)
                      for part, kind, name in (("a", "keras", "a-keras-predict"),
                                               ("b", "signature", "b-fastapi-signature"))
@@ -349,21 +338,21 @@ def main(
             for system in baselines:
                 stop(system, infos)
             # the HAProxy ingress beside the default proxy, interleaved, sentiment only
+            # Ray's Python proxy beside the shipped HAProxy ingress, interleaved, sentiment
             if "haproxy" in parts and "sentiment" in names:
-                ha = finserve("finserve-haproxy", config, haproxy=True)
+                py = finserve("finserve-pyproxy", config, haproxy=False)
                 try:
-                    if start(ha, *first, infos):
-                        pairs = [Target("finserve-haproxy-v2", ha.base, "v2"),
-                                 Target("finserve-haproxy-task", ha.base, "task")]
+                    if start(py, *first, infos):
+                        pairs = [Target("finserve-default-v2", py.base, "v2"),
+                                 Target("finserve-default-task", py.base, "task")]
                         if default.proc is not None and default.proc.poll() is None:
-                            pairs += [Target("finserve-default-v2", default.base, "v2"),
-                                      Target("finserve-default-task", default.base, "task")]
+                            pairs += [Target("finserve-haproxy-v2", default.base, "v2"),
+                                      Target("finserve-haproxy-task", default.base, "task")]
                         pairs.sort(key=lambda t: (t.route, t.system))
                         single = [s for s in SCENARIOS if s.instances == 1]
                         bench.interleaved(pairs, ["sentiment"], single)
                 finally:
-                    stop(ha, infos)
-                    shutil.rmtree(ha.env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
+                    stop(py, infos)
         finally:
             for system in [*baselines, default]:
                 if system.name in infos:

@@ -19,12 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TAG = "FINSERVE_BENCH_TAG"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def port_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1,4 +1,4 @@
-"""Application builder: ``build_app(args)`` binds every model's three stages and the gateway.
+"""Application builder: ``build_app(args)`` binds every model's stages and the gateway.
 
 Used by ``finserve serve`` locally and by the Serve config (``import_path:
 deployments.app:build_app``) that KubeRay's ``serveConfigV2`` carries.
@@ -49,19 +49,18 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
                 f"Train it first: finserve train {m.task_name} --store {args.store_uri}"
             )
         init = {"store_uri": args.store_uri, "model": m.name, "task": m.task_name}
-        handles[m.name] = {
-            "preprocess": Preprocess.options(
+        handles[m.name] = {}
+        if m.placement != "gateway":  # otherwise the gateway replica runs the Model stage
+            handles[m.name]["model"] = Model.options(
+                **m.model.deployment_options(f"{m.name}-model")
+            ).bind(**init, settings=m.model.runner_settings())
+        if m.placement == "stage-replicas":  # otherwise the gateway runs the steps
+            handles[m.name]["preprocess"] = Preprocess.options(
                 **m.preprocess.deployment_options(f"{m.name}-preprocess")
-            ).bind(**init),
-            "model": Model.options(**m.model.deployment_options(f"{m.name}-model")).bind(
-                **init, settings=m.model.model_dump(include={
-                    "max_batch_size", "batch_wait_timeout_s", "intra_op_threads",
-                    "inter_op_threads"})
-            ),
-            "postprocess": Postprocess.options(
+            ).bind(**init)
+            handles[m.name]["postprocess"] = Postprocess.options(
                 **m.postprocess.deployment_options(f"{m.name}-postprocess")
-            ).bind(**init, options=m.options),
-        }
+            ).bind(**init, options=m.options)
     # routing (versions, canary, shadow) is the gateway's user_config: the Serve config's
     # `deployments: [{name: gateway, user_config: ...}]` overrides this default in place
     gateway = Gateway.options(

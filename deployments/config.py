@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -76,9 +76,16 @@ class ModelStageSettings(Stage):
 
     num_cpus: float = 0.5
     max_batch_size: int = Field(32, ge=1, description="Requests per @serve.batch call.")
-    batch_wait_timeout_s: float = Field(0.002, ge=0, description="Wait to fill a batch.")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="Wait to fill a batch. 0: take what is queued; under load "
+        "requests queue while a batch runs, so batches still fill (docs/benchmarks.md).")
     intra_op_threads: int | None = Field(1, ge=1, description="TF intra-op threads per replica.")
     inter_op_threads: int | None = Field(1, ge=1, description="TF inter-op threads per replica.")
+
+    def runner_settings(self) -> dict[str, Any]:
+        """What the Model stage's code takes, wherever it runs."""
+        return self.model_dump(include={"max_batch_size", "batch_wait_timeout_s",
+                                        "intra_op_threads", "inter_op_threads"})
 
 
 class ModelSettings(_Strict):
@@ -86,9 +93,20 @@ class ModelSettings(_Strict):
 
     name: str = Field(description="Name in URLs and in the model store.")
     task: str | None = Field(None, description="Task module (serving.tasks); defaults to name.")
-    preprocess: Stage = Field(default_factory=Stage)
-    model: ModelStageSettings = Field(default_factory=ModelStageSettings)
-    postprocess: Stage = Field(default_factory=Stage)
+    placement: Literal["gateway", "model-replicas", "stage-replicas"] = Field(
+        "gateway", description="Where the pipeline runs. gateway: Preprocess, Model and "
+        "Postprocess in the gateway replica, batched there, no hop (the measured choice for "
+        "small CPU models, docs/benchmarks.md). model-replicas: the Model stage is its own "
+        "deployment (GPUs, scaling apart), the steps run in the gateway. stage-replicas: "
+        "all three are deployments of their own (heavy steps).",
+    )
+    preprocess: Stage = Field(default_factory=Stage,
+                              description="Preprocess deployment (stage-replicas only).")
+    model: ModelStageSettings = Field(default_factory=ModelStageSettings,
+                                      description="Model deployment; with placement gateway "
+                                      "only its batching and thread settings apply.")
+    postprocess: Stage = Field(default_factory=Stage,
+                               description="Postprocess deployment (stage-replicas only).")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Postprocessing options (decision thresholds)."
     )
@@ -113,6 +131,13 @@ class ModelSettings(_Strict):
             raise ValueError(
                 f"model '{self.name}': unknown task '{self.task_name}'; known: {sorted(TASKS)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_needs_a_model_deployment(self) -> ModelSettings:
+        if self.placement == "gateway" and self.model.num_gpus:
+            raise ValueError(f"model '{self.name}': a GPU model needs its own deployment; "
+                             "set placement: model-replicas")
         return self
 
 

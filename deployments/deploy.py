@@ -10,7 +10,12 @@ call as Ray's own ``serve run config.yaml``.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
 TERMINAL_FAILURES = {"DEPLOY_FAILED", "UNHEALTHY"}
@@ -46,3 +51,51 @@ def wait_running(names: list[str], timeout_s: float = 300, poll_s: float = 0.5) 
         if time.monotonic() > deadline:
             raise TimeoutError(f"applications not running after {timeout_s:g}s: {states}")
         time.sleep(poll_s)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def haproxy_env(folder: str | Path) -> dict[str, str]:
+    """Environment that turns on Ray Serve's HAProxy ingress with its config, sockets and
+    state under ``folder`` and its own stats and metrics ports, so several Serve instances
+    on one machine keep apart, and a leftover HAProxy can be found by its folder.
+    Unix socket paths must stay under about 100 characters: use a short folder."""
+    folder = Path(folder)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(folder / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    }
+
+
+def stop_leftover_haproxy(folder: str | Path, timeout_s: float = 10) -> list[int]:
+    """Terminate HAProxy processes still running from ``folder``'s config after Ray has
+    shut down (they can outlive ``ray stop`` and keep the port); their pids."""
+    needle = str(Path(folder) / "haproxy.cfg").encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids

@@ -8,6 +8,7 @@ Routes: Open Inference Protocol V2, TF-Serving REST V1, and one task route per m
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.config import AppArgs, ModelSettings, Routing
 from deployments.http import (
@@ -25,11 +26,19 @@ from deployments.http import (
     AuthMiddleware,
     BodyLimitMiddleware,
     JsonBodyMiddleware,
+    causes,
     install_error_handlers,
+    overloaded,
     request_id,
     unwrap,
 )
-from deployments.metrics import MODEL_SCOPE_KEY, GatewayMetrics, RequestMetricsMiddleware
+from deployments.metrics import (
+    MODEL_SCOPE_KEY,
+    GatewayMetrics,
+    RequestMetricsMiddleware,
+    StageMetrics,
+)
+from deployments.stages import Model
 from serving import __version__, dataplane
 from serving.audit import Recorder
 from serving.errors import (
@@ -47,6 +56,7 @@ from serving.protocol.v2 import (
     ModelMetadata,
     ServerMetadata,
 )
+from serving.runtime import Batch, TaskSteps
 from serving.security import ApiKey, KeyRing, RateLimiter
 from serving.store import ModelStore
 from serving.tasks import Step, Task, get_task
@@ -66,9 +76,12 @@ class Served:
 
     settings: ModelSettings
     task: Task
-    preprocess: DeploymentHandle
-    model: DeploymentHandle
-    postprocess: DeploymentHandle
+    # a stage's handle, or None where this replica runs it (ModelSettings.placement)
+    model: DeploymentHandle | None = None
+    preprocess: DeploymentHandle | None = None
+    postprocess: DeploymentHandle | None = None
+    steps: TaskSteps | None = None  # Preprocess and Postprocess here
+    local_model: Any = None  # the Model stage's class, here
     versions: list[str] = field(default_factory=list)
     traffic: dict[str, int] | None = None
     shadow: str | None = None
@@ -96,7 +109,13 @@ class Served:
         """Ask the stages to load every routed version before traffic reaches it."""
         versions = list(dict.fromkeys(
             [*self.pinnable, *([self.shadow] if self.shadow else [])]))
+        if self.steps is not None:
+            self.steps.configure(versions, self.steps.options)
+        if self.local_model is not None:
+            self.local_model.preload(versions)
         for stage in (self.preprocess, self.model, self.postprocess):
+            if stage is None:
+                continue
             try:
                 stage.preload.remote(versions)  # best effort: one replica each
             except Exception:  # the first request of a version will load it instead
@@ -119,12 +138,7 @@ class Served:
 def _replica_lost(exc: BaseException) -> bool:
     """A replica died under the request: Ray raises it directly, or (for a stage waiting on
     a dead upstream stage) as a RayServeException caused by it."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, REPLICA_LOST):
-            return True
-        seen = seen.__cause__
-    return False
+    return any(isinstance(e, REPLICA_LOST) for e in causes(exc))
 
 
 def _tensor(spec: Any) -> MetadataTensor:
@@ -150,8 +164,10 @@ class Gateway:
                  handles: dict[str, dict[str, DeploymentHandle]]) -> None:
         self.args = AppArgs.model_validate(args)
         self.store = ModelStore(self.args.store_uri)
+        self.step_metrics: dict[str, dict[str, StageMetrics]] = {}
         self.models: dict[str, Served] = {
-            m.name: Served(settings=m, task=get_task(m.task_name), **handles[m.name])
+            m.name: Served(settings=m, task=get_task(m.task_name), **handles[m.name],
+                           steps=self._steps(m), local_model=self._local_model(m))
             for m in self.args.models
         }
         security = self.args.security
@@ -166,6 +182,22 @@ class Gateway:
         self._background: set[asyncio.Task[None]] = set()
         if not self.require_auth:
             log.warning("FinServe is running OPEN: no API key is required (security.require_auth)")
+
+    def _steps(self, m: ModelSettings) -> TaskSteps | None:
+        """Preprocess and Postprocess in this replica, when the model's settings say so."""
+        if m.placement == "stage-replicas":
+            return None
+        self.step_metrics[m.name] = {stage: StageMetrics(m.name, stage)
+                                     for stage in ("preprocess", "postprocess")}
+        return TaskSteps(self.store, m.name, m.task_name, [], m.options)
+
+    def _local_model(self, m: ModelSettings) -> Any:
+        """The Model stage's own code (``@serve.batch`` over the signatures) in this
+        replica, when the model's placement is the gateway."""
+        if m.placement != "gateway":
+            return None
+        stage = Model.func_or_class  # the class under @serve.deployment
+        return stage(self.store.root, m.name, m.task_name, m.model.runner_settings())
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Routing (versions, traffic splits, shadows) applied in place; versions are
@@ -225,16 +257,41 @@ class Gateway:
     async def _run_once(
         self, served: Served, version: str, raw: np.ndarray, parameters: dict[str, Any]
     ) -> dict[str, np.ndarray]:
-        """Preprocess → Model → Postprocess, chained without awaiting the middle stages."""
-        x = served.preprocess.remote(version, raw)
-        scores = served.model.remote(version, x)
-        outputs = served.postprocess.remote(version, scores, parameters)
+        """Preprocess → Model → Postprocess: the steps in this replica around one Model
+        call, or three deployments chained without awaiting the middle ones."""
+        steps = served.steps
+        if steps is None:
+            assert served.preprocess is not None and served.postprocess is not None
+            x = served.preprocess.remote(version, raw)
+            scores = served.model.remote(version, x)
+            outputs = served.postprocess.remote(version, scores, parameters)
+            return await self._within_deadline(served, outputs, scores, x)
+        metrics = self.step_metrics[served.name]
+        started = time.perf_counter()
+        batch = steps.preprocess(version, raw)
+        metrics["preprocess"].observe(started)
+        if served.local_model is not None:
+            call = served.local_model(version, Batch(batch.data))
+        else:
+            assert served.model is not None
+            call = served.model.remote(version, Batch(batch.data))
+        scores = await self._within_deadline(served, call)
+        started = time.perf_counter()
+        outputs = steps.postprocess(version, Batch(scores.data, batch.context), parameters)
+        metrics["postprocess"].observe(started)
+        return outputs
+
+    async def _within_deadline(self, served: Served, last: Awaitable[Any],
+                               *upstream: DeploymentResponse) -> Any:
+        """The last stage's answer within the request timeout (504, cancelling the chain);
+        a stage's FinServeError comes out as itself."""
         timeout = self.args.limits.request_timeout_s
         try:
-            return await asyncio.wait_for(outputs, timeout=timeout)
+            return await asyncio.wait_for(last, timeout=timeout)
         except TimeoutError:
-            for response in (outputs, scores, x):
-                response.cancel()
+            for response in (last, *upstream):
+                if isinstance(response, DeploymentResponse):
+                    response.cancel()
             raise RequestTimeout(
                 f"model '{served.name}' did not answer within {timeout:g}s"
             ) from None
@@ -242,6 +299,9 @@ class Gateway:
             inner = unwrap(exc)
             if isinstance(inner, FinServeError):
                 raise inner from None
+            if overloaded(exc):  # a stage's queue is full: 503 with Retry-After, no wait
+                raise ModelUnavailable(
+                    f"model '{served.name}' is busy; retry shortly") from None
             raise
 
     async def answer(
@@ -290,6 +350,9 @@ class Gateway:
             self.recorder.shadow(rid, served, live_version, challenger, raw, live, outputs)
 
     async def is_ready(self, served: Served) -> bool:
+        if served.local_model is not None:
+            return bool(served.local_model.ready()["ready"])
+        assert served.model is not None
         try:
             state = await asyncio.wait_for(served.model.ready.remote(), timeout=READY_TIMEOUT_S)
         except Exception:  # timeout, replica starting or failed: not ready

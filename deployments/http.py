@@ -29,6 +29,17 @@ def unwrap(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
+def causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps: Ray task errors' ``cause`` and the ``__cause__`` chain."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        inner = unwrap(seen)
+        seen = inner if inner is not seen else seen.__cause__
+    return chain
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -66,16 +77,15 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(inner.status_code, inner.message, inner.headers)
         if isinstance(inner, RecursionError):
             return error_response(400, "request body nests too deeply")
-        status = _ray_status(inner)
-        if status:
-            return error_response(status, "the model is busy; retry shortly", {"Retry-After": "1"})
+        if overloaded(inner):
+            return error_response(503, "the model is busy; retry shortly", {"Retry-After": "1"})
         log.exception("unexpected error on %s", request.url.path)
         rid = request.headers.get(REQUEST_ID, "")
         return error_response(500, f"internal error (request id {rid})")
 
 
-def _ray_status(exc: BaseException) -> int | None:
-    """503 for Ray Serve's overload and unavailability errors."""
+def overloaded(exc: BaseException) -> bool:
+    """Ray Serve's overload and unavailability errors (a full queue): a 503, not a 500."""
     from ray.serve import exceptions as serve_errors
 
     busy = tuple(
@@ -83,7 +93,7 @@ def _ray_status(exc: BaseException) -> int | None:
         for name in ("BackPressureError", "DeploymentUnavailableError")
         if hasattr(serve_errors, name)
     )
-    return 503 if busy and isinstance(exc, busy) else None
+    return bool(busy) and any(isinstance(e, busy) for e in causes(exc))
 
 
 class BodyLimitMiddleware:
@@ -151,7 +161,8 @@ class JsonBodyMiddleware:
         if scope["type"] == "http" and scope.get("method") == "POST":
             headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
             headers.append((b"content-type", b"application/json"))
-            scope = {**scope, "headers": headers}
+            # in place: the outer middlewares read what the router and routes add to scope
+            scope["headers"] = headers
         await self.app(scope, receive, send)
 
 

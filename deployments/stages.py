@@ -75,8 +75,12 @@ class Model:
             intra_op_threads=settings.get("intra_op_threads"),
             inter_op_threads=settings.get("inter_op_threads"),
         )
-        self.predict.set_max_batch_size(settings["max_batch_size"])
-        self.predict.set_batch_wait_timeout_s(settings["batch_wait_timeout_s"])
+        # a batch queue of this instance's own: @serve.batch on a method keeps one queue
+        # for every instance in the process, and a gateway replica holds one Model per model
+        self.predict = serve.batch(
+            max_batch_size=settings["max_batch_size"],
+            batch_wait_timeout_s=settings["batch_wait_timeout_s"],
+        )(self._predict_batch)
         self.metrics = StageMetrics(model, "model")
         self.runner.load_all()
 
@@ -91,8 +95,7 @@ class Model:
             "load_seconds": self.runner.load_seconds,
         }
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def predict(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
+    async def _predict_batch(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
         started = time.perf_counter()
         results = self.runner.predict_batch(requests)
         self.metrics.observe(started, batch_size=sum(len(x) for _, x in requests))

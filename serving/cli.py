@@ -8,8 +8,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow start-up chatter out
+import shutil
 import signal
+import tempfile
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -167,6 +170,11 @@ def train_missing(config_path: str) -> None:
             train_with_progress(m.task_name, store, model_name=m.name)
 
 
+class Proxy(StrEnum):
+    haproxy = "haproxy"
+    python = "python"
+
+
 @app.command("serve")
 def serve_cmd(
     config: Annotated[str, typer.Option(help="Serve config file.")] = DEFAULT_CONFIG,
@@ -174,9 +182,13 @@ def serve_cmd(
     port: Annotated[int | None, typer.Option(help="Override http_options.port.")] = None,
     train: Annotated[bool, typer.Option(help="Train missing default models first.")] = True,
     num_cpus: Annotated[int | None, typer.Option(help="Logical CPUs of the local Ray.")] = None,
+    proxy: Annotated[Proxy, typer.Option(
+        help="HTTP ingress: Ray Serve's HAProxy (measured faster, docs/benchmarks.md) or "
+        "its Python proxy actor.")] = Proxy.haproxy,
 ) -> None:
     """Start an embedded local Ray and serve every model in the Serve config."""
     from deployments.config import load_serve_config
+    from deployments.deploy import haproxy_env, stop_leftover_haproxy
 
     started = time.perf_counter()
     if train:
@@ -194,6 +206,10 @@ def serve_cmd(
 
     config = {**raw_config, "http_options": {**http, "host": host, "port": port}}
     names = [a.get("name", "default") for a in config["applications"]]
+    haproxy_dir = None
+    if proxy is Proxy.haproxy:  # before ray.init: Ray's processes inherit the environment
+        haproxy_dir = tempfile.mkdtemp(prefix="finserve-haproxy-")  # short: unix sockets
+        os.environ.update(haproxy_env(haproxy_dir))
     ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 8), include_dashboard=False,
              logging_level="WARNING")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -208,6 +224,10 @@ def serve_cmd(
     finally:
         serve.shutdown()
         ray.shutdown()
+        if haproxy_dir is not None:  # HAProxy can outlive Ray and keep holding the port
+            if stop_leftover_haproxy(haproxy_dir):
+                console.print("stopped a leftover HAProxy")
+            shutil.rmtree(haproxy_dir, ignore_errors=True)
         console.print("stopped; port released")
 
 

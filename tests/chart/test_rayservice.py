@@ -110,6 +110,7 @@ def test_default_values_render_no_gpu_group_and_no_gpus() -> None:
 def test_gpu_serving_gives_the_model_stage_a_fractional_gpu() -> None:
     for model in app_args("gpu").models:
         assert model.model.num_gpus == 0.25, model.name
+        assert model.placement == "model-replicas", model.name  # its own deployment
         assert model.preprocess.num_gpus == 0 and model.postprocess.num_gpus == 0
         options = model.model.deployment_options(f"{model.name}-model")
         assert options["ray_actor_options"]["num_gpus"] == 0.25
@@ -120,6 +121,22 @@ def test_a_model_that_sets_its_own_gpus_keeps_them_under_gpu_serving(tmp_path: P
     values["serve"]["app"]["models"][1]["model"]["num_gpus"] = 0.5
     args = app_args(CI_VALUES["gpu"], extra_files=[write_values(tmp_path, values)])
     assert [m.model.num_gpus for m in args.models] == [0.25, 0.5]
+
+
+def test_models_run_in_the_gateway_by_default_and_where_values_place_them() -> None:
+    assert {m.placement for m in app_args().models} == {"gateway"}
+    placed = {m.name: m.placement for m in app_args("production").models}
+    assert placed == {"fraud": "stage-replicas", "sentiment": "model-replicas"}
+
+
+def test_haproxy_ingress_is_on_by_default_and_can_be_switched_off(tmp_path: Path) -> None:
+    def flags(values: str | Path | None = None) -> set[str | None]:
+        return {next((e.get("value") for e in c.get("env", [])
+                      if e["name"] == "RAY_SERVE_ENABLE_HA_PROXY"), None)
+                for label, c in containers(render(values)) if label.startswith(("head", "worker"))}
+
+    assert flags() == {"1"}
+    assert flags(write_values(tmp_path, {"serve": {"haproxy": False}})) == {None}
 
 
 def test_every_ray_container_exposes_the_serve_port_8000() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,17 +10,13 @@ from typing import Any
 import httpx
 import pytest
 
+from deployments.deploy import free_port
+
 pytestmark = pytest.mark.integration
 
 
 #: every task the session's app serves; fraud first
 ALL_MODELS = ("fraud", "sentiment", "credit", "digits", "forecast", "recommend")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60, interval: float = 0.25) -> Any:
@@ -51,9 +46,14 @@ def app_args(store_uri: str, audit: str, keys_file: str | None = None,
         "audit": {"location": audit},
         "security": {"api_keys_file": keys_file},
         "limits": {"max_body_bytes": 65536, "max_instances": 64, **limits},
+        # every placement is served: fraud's Model stage is a deployment of its own (the
+        # replica-loss and rollout tests need one), credit's three stages are, the others
+        # run in the gateway replica (the default)
         "models": [
-            {"name": "fraud", "model": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002}},
-            *({"name": name} for name in ALL_MODELS[1:]),
+            {"name": "fraud", "placement": "model-replicas",
+             "model": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002}},
+            {"name": "credit", "placement": "stage-replicas"},
+            *({"name": name} for name in ALL_MODELS[1:] if name != "credit"),
         ],
     }
 
@@ -116,7 +116,8 @@ class ServeApps:
         from deployments.deploy import apply_config, wait_running
 
         self.apps[name] = {"name": name, "route_prefix": route_prefix, "args": args,
-                           "import_path": "deployments.app:build_app"}
+                           "import_path": "deployments.app:build_app",
+                           "logging_config": {"encoding": "JSON", "enable_access_log": True}}
         if routing is not None:
             self.apps[name]["deployments"] = [{"name": "gateway", "user_config": routing}]
         apply_config({"http_options": {"host": "127.0.0.1", "port": self.port},

@@ -136,3 +136,40 @@ def test_every_bad_input_class_gets_its_4xx_on_every_task(client, model, case):
         r = client.post(path, json=body)
     assert r.status_code == status, (description, r.text)
     assert r.json()["error"]
+
+
+def test_models_in_one_gateway_replica_answer_concurrently_each_with_its_own_batches(
+        base_url):
+    """Several models run in the gateway replica (placement: gateway); requests to all of
+    them at once are batched per model, never across models."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    models = [m for m in ALL_MODELS if m not in ("fraud", "credit")]  # the gateway-placed
+    paths = {m: f"/v1/{m}/{get_task(m).route}" for m in models}
+    with httpx.Client(base_url=base_url, timeout=30) as c:
+        alone = {m: c.post(paths[m], json=golden(f"{m}_task_request.json")).json()["results"]
+                 for m in models}
+
+    def post(i: int) -> tuple[str, httpx.Response]:
+        m = models[i % len(models)]
+        return m, httpx.post(base_url + paths[m], json=golden(f"{m}_task_request.json"),
+                             timeout=30)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(post, range(96)))
+    for m, r in answers:
+        assert r.status_code == 200, (m, r.text)
+        assert _close(r.json()["results"], alone[m]), (m, r.json()["results"], alone[m])
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Equal JSON, floats within 1e-5 (a batch's arithmetic may differ in the last bits)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        return bool(np.isclose(a, b, rtol=1e-5, atol=1e-6))
+    return a == b

@@ -36,7 +36,7 @@ def _heavy_body() -> dict:
 def test_the_model_stage_scales_up_under_load_and_back_down(ray_serve, serve_apps, base_url,
                                                             tiny_store, trail):
     args = app_args(tiny_store.root, str(trail))
-    args["models"] = [{"name": "sentiment", "model": {
+    args["models"] = [{"name": "sentiment", "placement": "model-replicas", "model": {
         "max_ongoing_requests": 1, "max_batch_size": 1,
         "autoscaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
                         "upscale_delay_s": 1, "downscale_delay_s": 4,
@@ -74,8 +74,8 @@ def test_fractional_gpu_replicas_pack_onto_the_gpus_and_stop_at_capacity(
     import httpx
 
     args = app_args(tiny_store.root, str(trail))
-    args["models"] = [{"name": "sentiment", "model": {"num_gpus": PER_REPLICA,
-                                                      "num_replicas": 6}}]
+    args["models"] = [{"name": "sentiment", "placement": "model-replicas",
+                       "model": {"num_gpus": PER_REPLICA, "num_replicas": 6}}]
     serve_apps.put("gpu", args, route_prefix="/gpu", wait=False)
     capacity = int(GPUS / PER_REPLICA)
     try:

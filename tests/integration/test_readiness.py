@@ -20,7 +20,8 @@ def _answer(url: str, status: int):
 def test_ready_only_after_the_model_stage_has_loaded(ray_serve, serve_apps, tiny_store,
                                                      base_url, trail):
     args = app_args(tiny_store.root, str(trail), request_timeout_s=2)
-    args["models"] = [{"name": "sentiment", "model": {"num_cpus": 64}}]  # cannot be placed yet
+    args["models"] = [{"name": "sentiment", "placement": "model-replicas",
+                       "model": {"num_cpus": 64}}]  # the Model stage cannot be placed yet
     serve_apps.put("pending", args, route_prefix="/pending", wait=False)
     url = f"http://127.0.0.1:{ray_serve}/pending"
     try:
@@ -32,7 +33,8 @@ def test_ready_only_after_the_model_stage_has_loaded(ray_serve, serve_apps, tiny
                        timeout=60)
         assert r.status_code == 504 and "did not answer" in r.json()["error"]
 
-        args["models"] = [{"name": "sentiment"}]  # now it fits: the replica starts and loads
+        # now it fits: the replica starts and loads
+        args["models"] = [{"name": "sentiment", "placement": "model-replicas"}]
         serve_apps.put("pending", args, route_prefix="/pending", wait=False)
         ready = wait_for(lambda: _answer(f"{url}/v2/health/ready", 200), timeout=300)
         assert ready == {"ready": True, "models": {"sentiment": True}}

@@ -36,6 +36,8 @@ def test_local_serve_config_is_valid():
         ([{"name": "fraud", "model": {"autoscaling": {"min_replicas": 5, "max_replicas": 2}}}],
          "min_replicas"),
         ([{"name": "fraud", "model": {"max_batch_sise": 5}}], "Extra inputs"),
+        ([{"name": "fraud", "model": {"num_gpus": 0.5}}], "placement: model-replicas"),
+        ([{"name": "fraud", "placement": "inline"}], "placement"),
     ],
 )
 def test_config_mistakes_fail_with_a_message(models, message):
@@ -45,8 +47,8 @@ def test_config_mistakes_fail_with_a_message(models, message):
 
 def test_stage_settings_become_deployment_options():
     args = AppArgs.model_validate(
-        {"models": [{"name": "fraud", "model": {"num_gpus": 0.25, "autoscaling": {
-            "min_replicas": 1, "max_replicas": 3}}}]}
+        {"models": [{"name": "fraud", "placement": "model-replicas", "model": {
+            "num_gpus": 0.25, "autoscaling": {"min_replicas": 1, "max_replicas": 3}}}]}
     )
     options = args.model("fraud").model.deployment_options("fraud-model")
     assert options["ray_actor_options"]["num_gpus"] == 0.25
@@ -105,3 +107,21 @@ def test_a_lost_replica_is_recognised_through_serve_wrapping():
     except RayServeException as wrapped:
         assert _replica_lost(wrapped)
     assert not _replica_lost(ValueError("bad input"))
+
+
+@pytest.mark.parametrize(
+    ("placement", "deployments"),
+    [
+        ("gateway", set()),
+        ("model-replicas", {"fraud-model"}),
+        ("stage-replicas", {"fraud-preprocess", "fraud-model", "fraud-postprocess"}),
+    ],
+)
+def test_placement_decides_which_stages_are_deployments_of_their_own(
+        placement, deployments, tiny_store, tmp_path):
+    from deployments.app import build_app
+
+    app = build_app({"store_uri": tiny_store.root, "audit": {"location": str(tmp_path)},
+                     "models": [{"name": "fraud", "placement": placement}]})
+    handles = app._bound_deployment.init_args[1]["fraud"]
+    assert {h._bound_deployment.name for h in handles.values()} == deployments

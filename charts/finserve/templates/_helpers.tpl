@@ -274,6 +274,11 @@ a change to a user_config alone is applied in place by Gateway.reconfigure.
 {{- $_ := set $stage "num_gpus" $.Values.serve.gpu.modelReplicaGpus }}
 {{- end }}
 {{- $_ := set $model "model" $stage }}
+{{- if ne (default "gateway" $model.placement) "stage-replicas" }}
+{{- $_ := set $model "placement" "model-replicas" }}
+{{- end }}
+{{- else if and $model.model $model.model.num_gpus (eq (default "gateway" $model.placement) "gateway") }}
+{{- fail (printf "serve.app.models[%s].model.num_gpus is set but its placement is gateway: a GPU model needs its own deployment; set placement: model-replicas." $model.name) }}
 {{- end }}
 {{- $models = append $models $model }}
 {{- end }}
@@ -323,6 +328,10 @@ Environment of every Ray container: API keys, model store, extra env.
       key: {{ $.Values.modelStore.s3.endpointUrlKey }}
       optional: true
 {{- end }}
+{{- end }}
+{{- if .Values.serve.haproxy }}
+- name: RAY_SERVE_ENABLE_HA_PROXY
+  value: "1"
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
