@@ -160,10 +160,12 @@ class Trail:
             except Exception as exc:  # the disk is full, the bucket unreachable …
                 error = TrailUnavailable(f"decision trail unavailable: {type(exc).__name__}")
                 for _, future in batch:
-                    future.set_exception(error)
+                    if not future.done():  # a waiter may be gone (client disconnected)
+                        future.set_exception(error)
                 continue
             for _, future in batch:
-                future.set_result(None)
+                if not future.done():
+                    future.set_result(None)
 
 
 def decision_record(

@@ -206,13 +206,26 @@ def serve_cmd(
 
     config = {**raw_config, "http_options": {**http, "host": host, "port": port}}
     names = [a.get("name", "default") for a in config["applications"]]
+    # user code and the router on each replica's main loop: 1.2-1.3x the throughput here
+    # (docs/benchmarks.md); set before ray.init, whose workers inherit the environment
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # but request logs written at once, not 1,000 at a time (which holds them for hours
+    # when traffic is light); buffering is worth another 25-40 % (docs/benchmarks.md)
+    os.environ.setdefault("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1")
     haproxy_dir = None
     if proxy is Proxy.haproxy:  # before ray.init: Ray's processes inherit the environment
-        haproxy_dir = tempfile.mkdtemp(prefix="finserve-haproxy-")  # short: unix sockets
+        # short: Ray adds a 40-character folder, and HAProxy's socket paths stop at 97
+        haproxy_dir = tempfile.mkdtemp(prefix="fsh-", dir="/tmp" if os.path.isdir("/tmp")
+                                       else None)
         os.environ.update(haproxy_env(haproxy_dir))
+        # one machine, no load balancer in front to tell: don't hold Ctrl-C for Ray's 30 s
+        # ingress drain (the chart keeps it)
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 8), include_dashboard=False,
              logging_level="WARNING")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C stops the server even when started from a shell that ignores SIGINT (`cmd &`)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         apply_config(config)
         wait_running(names)

@@ -139,6 +139,21 @@ def test_haproxy_ingress_is_on_by_default_and_can_be_switched_off(tmp_path: Path
     assert flags(write_values(tmp_path, {"serve": {"haproxy": False}})) == {None}
 
 
+def test_throughput_optimized_serve_is_on_by_default(tmp_path: Path) -> None:
+    def values(path: Path | None = None) -> set[str | None]:
+        return {next((e.get("value") for e in c.get("env", [])
+                      if e["name"] == "RAY_SERVE_THROUGHPUT_OPTIMIZED"), None)
+                for label, c in containers(render(path)) if label.startswith(("head", "worker"))}
+
+    assert values() == {"1"}
+    off = write_values(tmp_path, {"serve": {"throughputOptimized": False}})
+    assert values(off) == {None}
+    buffers = {next(e["value"] for e in c["env"]
+                    if e["name"] == "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE")
+               for label, c in containers(render()) if label.startswith(("head", "worker"))}
+    assert buffers == {"1"}  # request logs are written at once unless values say otherwise
+
+
 def test_every_ray_container_exposes_the_serve_port_8000() -> None:
     for label, container in containers(render("gpu")):
         if label.startswith(("head", "worker")):

@@ -69,6 +69,10 @@ def ray_serve() -> Iterator[int]:
     for name in ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
                  "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
         os.environ.setdefault(name, "0.5")
+    # as `finserve serve` and the chart run Serve (docs/benchmarks.md)
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    os.environ.setdefault("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1")
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     # two logical GPUs: GPU placement is proven on Ray's resources (no device here)
     ray.init(num_cpus=8, num_gpus=2, include_dashboard=False, logging_level="WARNING")
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -52,6 +52,26 @@ def test_concurrent_records_share_writes_and_all_become_durable(tmp_path):
     assert audit.verify(str(tmp_path)).ok
 
 
+def test_a_waiter_that_goes_away_does_not_stall_the_others(tmp_path):
+    """A client that disconnects cancels its wait; the records around it still become
+    durable and every other waiter is answered (the trail never hangs)."""
+    async def go():
+        trail = audit.Trail(audit.JsonlSink(tmp_path, "c1"), "c1")
+        waits = [asyncio.ensure_future(trail.append(_record(i))) for i in range(20)]
+        await asyncio.sleep(0)  # all queued in one group
+        waits[3].cancel()
+        done = await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 10)
+        later = await asyncio.wait_for(trail.append(_record(20)), 10)
+        return done, later
+
+    done, later = asyncio.run(go())
+    assert isinstance(done[3], asyncio.CancelledError)
+    assert all(isinstance(r, dict) for i, r in enumerate(done) if i != 3)
+    assert later["seq"] == 20
+    report = audit.verify(str(tmp_path))
+    assert report.ok and report.records == 21  # the cancelled one's decision is kept too
+
+
 def _rewrite(tmp_path, lines):
     for f in tmp_path.glob("decisions-*.jsonl"):
         f.unlink()

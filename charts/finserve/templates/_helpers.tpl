@@ -333,6 +333,12 @@ Environment of every Ray container: API keys, model store, extra env.
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: "1"
 {{- end }}
+{{- if .Values.serve.throughputOptimized }}
+- name: RAY_SERVE_THROUGHPUT_OPTIMIZED
+  value: "1"
+{{- end }}
+- name: RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE
+  value: {{ .Values.serve.requestLogBuffer | int | quote }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
