@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -39,10 +40,9 @@ class GatewayMetrics:
     def outcomes(self, model: str, version: str, outputs: dict[str, np.ndarray]) -> None:
         for name in ("decision", "label"):
             if name in outputs and outputs[name].ndim == 1:
-                values, counts = np.unique(outputs[name].astype(str), return_counts=True)
-                for value, count in zip(values, counts, strict=True):
-                    self.decisions.inc(int(count), tags={"model": model, "version": version,
-                                                         "outcome": str(value)})
+                for value, count in Counter(outputs[name].tolist()).items():
+                    self.decisions.inc(count, tags={"model": model, "version": version,
+                                                    "outcome": str(value)})
                 return
 
 

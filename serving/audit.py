@@ -134,19 +134,21 @@ class Trail:
     _pending: list[tuple[bytes, asyncio.Future[None]]] = field(default_factory=list)
     _flushing: asyncio.Task[None] | None = None
 
-    def seal(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Give ``record`` its place in the chain and its hash (call in order)."""
+    def seal(self, record: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """Give ``record`` its place in the chain and its hash (call in order); the sealed
+        record and its line: the canonical JSON that was hashed, with the hash added."""
         record = {**record, "chain": self.chain, "seq": self.seq, "prev": self.prev}
-        record["hash"] = digest(record)
+        body = canonical(record)
+        record["hash"] = hashlib.sha256(body).hexdigest()
         self.seq += 1
         self.prev = record["hash"]
-        return record
+        return record, body[:-1] + b',"hash":"' + record["hash"].encode() + b'"}'
 
     async def append(self, record: dict[str, Any]) -> dict[str, Any]:
         """Seal and durably write ``record``; raises ``TrailUnavailable`` if it cannot."""
-        sealed = self.seal(record)
+        sealed, line = self.seal(record)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((canonical(sealed), future))
+        self._pending.append((line, future))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
         await future
