@@ -21,6 +21,13 @@ def require_wrk() -> str:
     return (out.stdout + out.stderr).splitlines()[0].split(" Copyright")[0].strip()
 
 
+def request_headers(body: Path) -> dict[str, str]:
+    """The headers a body needs besides its JSON content type: kept beside it, in
+    ``<body>.headers.json``, by whoever wrote a body that is not plain JSON."""
+    sidecar = body.with_name(body.name + ".headers.json")
+    return json.loads(sidecar.read_text()) if sidecar.exists() else {}
+
+
 def wrk(url: str, body: Path, connections: int, seconds: float, warmup: float = 0.0,
         threads: int = 1) -> dict[str, float | int]:
     """Run wrk (after an unmeasured warm-up at the same concurrency); counts, errors and
@@ -50,7 +57,8 @@ def wrk(url: str, body: Path, connections: int, seconds: float, warmup: float = 
 def _run(url: str, body: Path, connections: int, seconds: float,
          threads: int) -> dict[str, float]:
     cmd = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{int(seconds)}s",
-           "--timeout", f"{max(10, int(seconds))}s", "-s", str(LUA), url, "--", str(body)]
+           "--timeout", f"{max(10, int(seconds))}s", "-s", str(LUA), url, "--", str(body),
+           *(f"{k}: {v}" for k, v in request_headers(body).items())]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     for line in out.stdout.splitlines():
         if line.startswith("BENCH_JSON "):

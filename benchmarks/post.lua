@@ -1,11 +1,16 @@
--- wrk script: POST the JSON body in the file named by the first script argument, then
--- print one line "BENCH_JSON {...}" with counts, error classes and latency percentiles (us).
+-- wrk script: POST the body in the file named by the first script argument (JSON unless a
+-- later argument "Name: value" sets Content-Type), then print one line "BENCH_JSON {...}"
+-- with counts, error classes and latency percentiles (us).
 function init(args)
   local f = assert(io.open(args[1], "rb"))
   wrk.method = "POST"
   wrk.body = f:read("*a")
   f:close()
   wrk.headers["Content-Type"] = "application/json"
+  for i = 2, #args do
+    local name, value = args[i]:match("^([^:]+):%s*(.*)$")
+    wrk.headers[name] = value
+  end
 end
 
 function done(summary, latency, requests)

@@ -19,6 +19,7 @@ SYSTEMS = {
     "b-fastapi-signature": "(b) FastAPI + signature",
     "finserve-v2": "FinServe V2",
     "finserve-task": "FinServe task route",
+    "finserve-v2bin": "FinServe V2, binary tensors",
     "finserve-default-v2": "FinServe V2, Ray's Python proxy",
     "finserve-default-task": "FinServe task, Ray's Python proxy",
     "finserve-haproxy-v2": "FinServe V2, HAProxy (beside the Python proxy run)",
@@ -71,7 +72,7 @@ def targets(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
                    "(target < 100 ms)")
     for m in models:
         limit = r["inprocess"].get(m, {}).get("best_instances_per_s")
-        for route in ("v2", "task"):
+        for route in ("v2", "task", "v2bin"):
             fs = pts.get(f"finserve-{route}", m, "batch64 c=8")
             if fs and limit:
                 share = fs["instances_per_s"] / limit
@@ -207,6 +208,10 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
         "gateway replicas running each model's Preprocess → Model (`@serve.batch`) → "
         "Postprocess in-process (`placement: gateway`). `POST /v2/models/{m}/infer`"
         " and `POST /v1/{m}/{route}` (task-route bodies from `tests/testdata`). |",
+        "| FinServe V2, binary tensors | the same server, `POST /v2/models/{m}/infer` with "
+        "the binary tensor data extension both ways, the body as Triton's HTTP client builds "
+        "it (JSON header, then the raw tensor; every output asked for as binary); batched "
+        "requests only. |",
         "| FinServe …, Ray's Python proxy | the same with `--proxy python` (Ray Serve's "
         "default proxy actor); sentiment, 1 instance per request only. |",
         "| (a) seed: keras predict | one uvicorn process, sync FastAPI endpoint "

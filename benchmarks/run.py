@@ -27,7 +27,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from benchmarks.loadgen import require_wrk, wrk
+from benchmarks.loadgen import request_headers, require_wrk, wrk
 from benchmarks.systems import ROOT, System, http, python_module
 from deployments.deploy import free_port
 
@@ -122,7 +122,25 @@ def write_inputs(models: list[str], audit: bool = True,
                 path = WORK / "bodies" / f"{model}-{route}-{n}.json"
                 path.write_text(json.dumps(body))
                 bodies[(model, route, n)] = path
+            if n == BATCH:
+                bodies[(model, "v2bin", n)] = _binary_body(model, spec.name, raw, spec.datatype)
     return config_path, bodies
+
+
+def _binary_body(model: str, name: str, raw: Any, datatype: str) -> Path:
+    """The V2 body with binary tensor data both ways, as Triton's client sends it by default
+    (``tritonclient.http.InferenceServerClient.generate_request_body``)."""
+    import tritonclient.http as triton
+
+    tensor = triton.InferInput(name, list(raw.shape), datatype)
+    tensor.set_data_from_numpy(raw, binary_data=True)
+    content, length = triton.InferenceServerClient.generate_request_body([tensor])
+    path = WORK / "bodies" / f"{model}-v2bin-{len(raw)}.bin"
+    path.write_bytes(content)
+    path.with_name(path.name + ".headers.json").write_text(json.dumps({
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(length)}))
+    return path
 
 
 def task_path(model: str) -> str:
@@ -150,13 +168,15 @@ class Bench:
     def point(self, target: Target, model: str, sc: Scenario) -> None:
         """Check the body answers 200 (and any backlog is gone), run wrk, then wait for the
         system to drain its own backlog so that it does not load the next point."""
-        path = f"/v2/models/{model}/infer" if target.route == "v2" else task_path(model)
-        body = self.bodies[(model, target.route, sc.instances)]
+        body = self.bodies.get((model, target.route, sc.instances))
+        if body is None:  # this route has no body of this size (binary: batches only)
+            return
+        path = task_path(model) if target.route == "task" else f"/v2/models/{model}/infer"
         url = target.base + path
-        status, settle_s = settle(url, body.read_bytes())
+        status, settle_s = settle(url, body)
         load_before = os.getloadavg()[0]
         r = wrk(url, body, sc.connections, self.seconds, self.warmup)
-        drain_s = settle(url, body.read_bytes())[1]
+        drain_s = settle(url, body)[1]
         self.points.append({
             "system": target.system, "route": target.route, "model": model,
             "scenario": sc.name, "instances": sc.instances, "connections": sc.connections,
@@ -177,13 +197,14 @@ class Bench:
                     self.point(target, model, sc)
 
 
-def settle(url: str, body: bytes, timeout: float = 180.0) -> tuple[int, float]:
+def settle(url: str, body: Path, timeout: float = 180.0) -> tuple[int, float]:
     """Wait until one request answers 200 (the last point's backlog has drained, the body
     is right); its status and the seconds waited."""
     started = time.perf_counter()
     status, answer = 0, b""
+    content, headers = body.read_bytes(), request_headers(body)
     while time.perf_counter() - started < timeout:
-        status, answer = http(url, body, timeout=60)
+        status, answer = http(url, content, timeout=60, headers=headers)
         if status == 200:
             break
         time.sleep(1)
@@ -329,7 +350,8 @@ def main(
             targets: list[Target] = []
             if "finserve" in parts and start(default, *first, infos):
                 targets += [Target("finserve-v2", default.base, "v2"),
-                            Target("finserve-task", default.base, "task")]
+                            Target("finserve-task", default.base, "task"),
+                            Target("finserve-v2bin", default.base, "v2bin")]
             for system in baselines:
                 if start(system, "/v2/health/ready", None, infos):
                     targets.append(Target(system.name, system.base, "v2"))

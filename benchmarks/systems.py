@@ -29,10 +29,12 @@ def port_free(port: int) -> bool:
     return True
 
 
-def http(url: str, body: bytes | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
-    """Status and body of a GET (or a JSON POST when ``body`` is given)."""
-    request = urllib.request.Request(
-        url, data=body, headers={"content-type": "application/json"} if body else {})
+def http(url: str, body: bytes | None = None, timeout: float = 30.0,
+         headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """Status and body of a GET (or a POST of JSON, or of ``headers``' type, when ``body``
+    is given)."""
+    sent = {"content-type": "application/json", **(headers or {})} if body else {}
+    request = urllib.request.Request(url, data=body, headers=sent)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()

@@ -22,8 +22,10 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.config import AppArgs, ModelSettings, Routing
 from deployments.http import (
+    BINARY_SCOPE_KEY,
     KEY_SCOPE_KEY,
     AuthMiddleware,
+    BinaryTensorRoute,
     BodyLimitMiddleware,
     JsonBodyMiddleware,
     causes,
@@ -48,6 +50,7 @@ from serving.errors import (
     RequestTimeout,
     VersionNotFound,
 )
+from serving.protocol import binary
 from serving.protocol.v1 import PredictRequest, PredictResponse
 from serving.protocol.v2 import (
     InferenceRequest,
@@ -63,6 +66,13 @@ from serving.tasks import Step, Task, get_task
 from serving.traffic import choose_version
 
 log = logging.getLogger("finserve.gateway")
+BINARY_DOC = (
+    "JSON tensors, or the binary tensor data extension (as KServe and Triton clients send "
+    "it): an `Inference-Header-Content-Length` header giving the length of this JSON, "
+    "followed by the raw little-endian bytes of each input whose "
+    "`parameters.binary_data_size` is set. Ask for binary outputs with "
+    "`parameters.binary_data_output: true`."
+)
 READY_TIMEOUT_S = 2.0
 RETRIES = 3
 REPLICA_LOST = (RayActorError, ActorUnavailableError)
@@ -417,18 +427,27 @@ class Gateway:
             version: str | None = None,
         ) -> InferenceResponse:
             served, key = self.admit(request, model)
-            raw = dataplane.decode_v2(body, served.task)
+            raw = dataplane.decode_v2(body, served.task, request.scope.get(BINARY_SCOPE_KEY))
             version, outputs = await self.answer(
-                request, response, served, key, version, raw, body.parameters, "v2")
-            return dataplane.encode_v2(served.task, model, version, outputs, body)
+                request, response, served, key, version, raw, dataplane.v2_parameters(body),
+                "v2")
+            answer, raw_outputs = dataplane.encode_v2(served.task, model, version, outputs, body)
+            if not raw_outputs:
+                return answer
+            content, length = binary.response(answer.model_dump(exclude_none=True),
+                                              raw_outputs)
+            return Response(content, media_type=binary.CONTENT_TYPE, headers={
+                binary.HEADER: str(length), VERSION_HEADER: version})
 
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             app.add_api_route(prefix, metadata, methods=["GET"], response_model=ModelMetadata,
                               tags=["v2"], summary="Model metadata")
             app.add_api_route(prefix + "/ready", model_ready, methods=["GET"], tags=["v2"],
                               summary="Model readiness")
-            app.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=["v2"],
-                              response_model=InferenceResponse, summary="Inference (V2)")
+            app.router.add_api_route(
+                prefix + "/infer", infer, methods=["POST"], tags=["v2"],
+                response_model=InferenceResponse, summary="Inference (V2)",
+                route_class_override=BinaryTensorRoute, description=BINARY_DOC)
 
     def _v1_routes(self, app: FastAPI) -> None:
         async def status(request: Request, model: str,

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.errors import FinServeError
+from serving.protocol import binary
 
 log = logging.getLogger("finserve.gateway")
 REQUEST_ID = "x-request-id"
@@ -198,6 +201,40 @@ class AuthMiddleware:
                 scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+#: ASGI scope key under which a binary-extension request's decoded tensors travel
+BINARY_SCOPE_KEY = "finserve.binary_inputs"
+
+
+class BinaryTensorRequest(Request):
+    """A request that may use the V2 binary tensor data extension: its JSON is the
+    header, and the tensors after it are decoded once into ``scope[BINARY_SCOPE_KEY]``."""
+
+    async def json(self) -> Any:
+        length = self.headers.get(binary.HEADER)
+        if length is None:
+            return await super().json()
+        if not hasattr(self, "_json"):
+            try:
+                header, arrays = binary.split(await self.body(), length)
+            except FinServeError as exc:  # FastAPI turns anything else into a bare 400
+                raise HTTPException(exc.status_code, exc.message) from None
+            self.scope[BINARY_SCOPE_KEY] = arrays
+            self._json = header
+        return self._json
+
+
+class BinaryTensorRoute(APIRoute):
+    """A route whose body may be V2 binary tensor data (see ``BinaryTensorRequest``)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(BinaryTensorRequest(request.scope, request.receive))
+
+        return route
 
 
 class _BodyTooLarge(Exception):

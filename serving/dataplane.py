@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from serving.errors import BadRequest, InvalidInput, PayloadTooLarge
+from serving.protocol import binary
 from serving.protocol.codec import rows_to_array
 from serving.protocol.v1 import PredictRequest, PredictResponse, instances_to_columns
 from serving.protocol.v2 import InferenceRequest, InferenceResponse, ResponseOutput
@@ -27,37 +28,51 @@ def check_size(raw: np.ndarray, max_instances: int) -> np.ndarray:
     return raw
 
 
-def decode_v2(request: InferenceRequest, task: Task) -> np.ndarray:
-    """The task's raw batch from a V2 request (one input, named as in the metadata)."""
+def decode_v2(request: InferenceRequest, task: Task,
+              binary: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """The task's raw batch from a V2 request (one input, named as in the metadata);
+    ``binary`` holds the inputs that came as binary tensor data, by position."""
     spec = task.input_spec
-    matching = [i for i in request.inputs if i.name == spec.name]
+    matching = [n for n, i in enumerate(request.inputs) if i.name == spec.name]
     if not matching:
         names = ", ".join(i.name for i in request.inputs)
         raise InvalidInput(f"expected an input named '{spec.name}' ({spec.datatype}), got: {names}")
-    tensor = matching[0]
+    tensor = request.inputs[matching[0]]
     if tensor.datatype.upper() != spec.datatype:
         raise InvalidInput(
             f"input '{spec.name}' must be {spec.datatype}, got {tensor.datatype}"
         )
-    return task.check_raw(tensor.as_numpy())
+    array = (binary or {}).get(matching[0])
+    return task.check_raw(tensor.as_numpy() if array is None else array)
+
+
+def v2_parameters(request: InferenceRequest) -> dict[str, Any] | None:
+    """The request's parameters for the model: without the binary extension's own."""
+    if not request.parameters:
+        return request.parameters
+    return {k: v for k, v in request.parameters.items() if k not in binary.PARAMETERS}
 
 
 def encode_v2(
     task: Task, model: str, version: str, outputs: Outputs, request: InferenceRequest
-) -> InferenceResponse:
+) -> tuple[InferenceResponse, dict[str, np.ndarray]]:
+    """The V2 answer, and the outputs the client asked to get as binary tensor data (left
+    without ``data`` in the answer; ``serving.protocol.binary`` writes them)."""
     names = [spec.name for spec in task.output_specs]
-    if request.outputs:
-        wanted = [o.name for o in request.outputs]
-        unknown = sorted(set(wanted) - set(names))
+    asked = {o.name: o.parameters for o in request.outputs or []}
+    if asked:
+        unknown = sorted(set(asked) - set(names))
         if unknown:
             raise InvalidInput(f"unknown output(s) {unknown}; this model has {names}")
-        names = wanted
+        names = list(asked)
+    raw = {n: outputs[n] for n in names if binary.wants_binary(request.parameters, asked.get(n))}
     return InferenceResponse(
         model_name=model,
         model_version=version,
         id=request.id,
-        outputs=[ResponseOutput.from_array(n, outputs[n]) for n in names],
-    )
+        outputs=[ResponseOutput.from_array(n, outputs[n], with_data=n not in raw)
+                 for n in names],
+    ), raw
 
 
 def decode_v1(request: PredictRequest, task: Task) -> np.ndarray:

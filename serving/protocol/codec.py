@@ -90,19 +90,26 @@ def _flatten(data: Any) -> list[Any]:
     return out
 
 
-def to_numpy(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
-    """Decode one wire tensor to numpy, checking datatype, element count and finiteness."""
-    dtype = V2_DTYPES.get(datatype.upper())
+def check_header(name: str, datatype: Any, shape: Any) -> tuple[Any, int]:
+    """A wire tensor's numpy dtype and element count, after checking its datatype name and
+    shape (JSON and binary tensors alike)."""
+    dtype = V2_DTYPES.get(datatype.upper()) if isinstance(datatype, str) else None
     if dtype is None:
         raise InvalidInput(
             f"input '{name}' has unknown datatype '{datatype}'; use one of {', '.join(V2_DTYPES)}"
         )
-    if any((not isinstance(d, int)) or d < 0 for d in shape):
+    if not isinstance(shape, list) or any(
+            not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
         raise InvalidInput(f"input '{name}' has an invalid shape {shape}")
     if len(shape) > MAX_RANK:
         raise InvalidInput(f"input '{name}' has {len(shape)} dimensions; at most {MAX_RANK}")
+    return dtype, int(np.prod(shape)) if shape else 1
+
+
+def to_numpy(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
+    """Decode one wire tensor to numpy, checking datatype, element count and finiteness."""
+    dtype, expected = check_header(name, datatype, shape)
     flat = _flatten(data)
-    expected = int(np.prod(shape)) if shape else 1
     if len(flat) != expected:
         raise InvalidInput(
             f"input '{name}' declares shape {shape} ({expected} elements) "

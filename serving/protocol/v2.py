@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.protocol.codec import from_numpy, to_numpy
+from serving.protocol.codec import from_numpy, to_numpy, v2_datatype
 
 
 class RequestInput(BaseModel):
@@ -63,15 +63,20 @@ class ResponseOutput(BaseModel):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: list[Any]
+    data: list[Any] | None = Field(
+        None, description="Tensor contents in row-major order; absent for an output sent as "
+        "binary tensor data (parameters.binary_data_size gives its bytes).")
 
     @classmethod
-    def from_array(cls, name: str, array: np.ndarray) -> ResponseOutput:
+    def from_array(cls, name: str, array: np.ndarray, with_data: bool = True
+                   ) -> ResponseOutput:
+        if not with_data:
+            return cls(name=name, shape=list(array.shape), datatype=v2_datatype(array))
         datatype, shape, data = from_numpy(array)
         return cls(name=name, shape=shape, datatype=datatype, data=data)
 
     def as_numpy(self) -> np.ndarray:
-        return to_numpy(self.name, self.datatype, self.shape, self.data)
+        return to_numpy(self.name, self.datatype, self.shape, self.data or [])
 
 
 class InferenceResponse(BaseModel):

@@ -58,11 +58,13 @@ def rank_reasons(
     per_feature = np.zeros((n, len(names)), np.float64)
     for column, name in enumerate(columns):
         per_feature[:, names.index(name)] += attributions[:, column]
-    for row in range(n):
-        if mask is not None and not mask[row]:
-            continue
-        order = [i for i in np.argsort(-per_feature[row], kind="stable")
-                 if per_feature[row, i] > threshold]
-        for slot, i in enumerate(order[:slots]):
-            codes[row, slot], texts[row, slot] = statements[names[i]]
+    # per row, the features by how much they raised the score (ties in column order), the
+    # first ``slots`` of them that raised it by more than ``threshold``
+    order = np.argsort(-per_feature, axis=1, kind="stable")[:, :slots]
+    keep = np.take_along_axis(per_feature, order, axis=1) > threshold
+    if mask is not None:
+        keep &= np.asarray(mask, bool)[:, None]
+    table = np.array([statements[name] for name in names], dtype=object)  # [features, 2]
+    codes[:, : order.shape[1]] = np.where(keep, table[order, 0], "")
+    texts[:, : order.shape[1]] = np.where(keep, table[order, 1], "")
     return codes, texts

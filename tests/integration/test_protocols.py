@@ -1,5 +1,7 @@
 """Both models answer on V2, TF-Serving and task routes with the same numbers."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,77 @@ def test_concurrent_requests_are_batched_and_all_answered(client, base_url):
     first = _v2_output(answers[0], "fraud_probability")
     for a in answers:
         np.testing.assert_allclose(_v2_output(a, "fraud_probability"), first, rtol=1e-6)
+
+
+def _triton(base_url):
+    import tritonclient.http as triton
+
+    return triton, triton.InferenceServerClient(base_url.removeprefix("http://"))
+
+
+def test_triton_client_binary_tensors_get_the_json_answer(client, base_url):
+    """Triton's own HTTP client, binary tensor data both ways, answers as JSON does."""
+    triton, server = _triton(base_url)
+    body = golden("fraud_v2_request.json")
+    tensor = body["inputs"][0]
+    rows = np.asarray(tensor["data"], np.float32).reshape(tensor["shape"])
+    batch = np.resize(rows, (64, rows.shape[1]))
+    features = triton.InferInput("features", list(batch.shape), "FP32")
+    features.set_data_from_numpy(batch, binary_data=True)
+    wanted = [triton.InferRequestedOutput(n, binary_data=True)
+              for n in ("fraud_probability", "decision", "reason_codes")]
+    result = server.infer("fraud", [features], outputs=wanted)
+    json_answer = _v2(client, "fraud", {"inputs": [{**tensor, "shape": list(batch.shape),
+                                                    "data": batch.reshape(-1).tolist()}]})
+    assert result.get_response()["model_version"] == json_answer["model_version"]
+    np.testing.assert_allclose(result.as_numpy("fraud_probability"),
+                               _v2_output(json_answer, "fraud_probability"), rtol=1e-6)
+    decisions = [v.decode() for v in result.as_numpy("decision")]
+    assert decisions == _v2_output(json_answer, "decision").tolist()
+    assert result.as_numpy("reason_codes").shape == (64, 3)
+
+
+def test_binary_input_with_json_output_and_bad_binary_bodies(client, base_url):
+    triton, _ = _triton(base_url)
+    body = golden("fraud_v2_request.json")
+    tensor = body["inputs"][0]
+    rows = np.asarray(tensor["data"], np.float32).reshape(tensor["shape"])
+    features = triton.InferInput("features", list(rows.shape), "FP32")
+    features.set_data_from_numpy(rows, binary_data=True)
+    raw, length = triton.InferenceServerClient.generate_request_body([features])
+    headers = {"Inference-Header-Content-Length": str(length),
+               "Content-Type": "application/octet-stream"}
+    json_probability = _v2_output(_v2(client, "fraud", body), "fraud_probability")
+    # Triton's client asks for every output as binary when it names none
+    r = client.post("/v2/models/fraud/infer", content=raw, headers=headers)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    assert r.headers["x-model-version"] == "2"
+    result = triton.InferResult.from_response_body(
+        r.content, header_length=int(r.headers["inference-header-content-length"]))
+    assert [o["name"] for o in result.get_response()["outputs"]] == [
+        "fraud_probability", "decision", "reason_codes", "reasons"]
+    np.testing.assert_allclose(result.as_numpy("fraud_probability"), json_probability,
+                               rtol=1e-6)
+    # binary in, JSON out
+    header = json.dumps({"inputs": [{"name": "features", "shape": list(rows.shape),
+                                     "datatype": "FP32",
+                                     "parameters": {"binary_data_size": rows.nbytes}}]})
+    r = client.post("/v2/models/fraud/infer", content=header.encode() + rows.tobytes(),
+                    headers={**headers, "Inference-Header-Content-Length": str(len(header))})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text
+    np.testing.assert_allclose(_v2_output(r.json(), "fraud_probability"), json_probability,
+                               rtol=1e-6)
+    nan = rows.copy()
+    nan[0, 0] = np.nan
+    bad = {
+        "cut short": (raw[:-3], 400, "body ends"),
+        "trailing bytes": (raw + b"\0\0\0\0", 400, "follow the last"),
+        "NaN": (raw[:length] + nan.tobytes(), 422, "NaN"),
+        "header not JSON": (b"\xff" * length + raw[length:], 400, "not a JSON header"),
+    }
+    for case, (content, status, words) in bad.items():
+        r = client.post("/v2/models/fraud/infer", content=content, headers=headers)
+        assert r.status_code == status and words in r.json()["error"], (case, r.text)
+    r = client.post("/v2/models/fraud/infer", content=raw,
+                    headers={**headers, "Inference-Header-Content-Length": "x"})
+    assert r.status_code == 400 and "byte count" in r.json()["error"]

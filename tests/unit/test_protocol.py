@@ -74,7 +74,8 @@ def test_outputs_become_rows_and_v2_tensors():
     assert rows[0]["fraud_probability"] == pytest.approx(0.1)
     assert rows[0]["reason_codes"] == [] and rows[1]["reason_codes"] == ["F03", "F07"]
     request = InferenceRequest.model_validate(golden("fraud_v2_request.json"))
-    response = dataplane.encode_v2(task, "fraud", "3", outputs, request)
+    response, binary_outputs = dataplane.encode_v2(task, "fraud", "3", outputs, request)
+    assert binary_outputs == {}
     assert response.model_version == "3" and response.id == "golden-fraud-1"
     assert [o.name for o in response.outputs][:2] == ["fraud_probability", "decision"]
     assert response.outputs[2].shape == [2, 3]  # V2 keeps the padded tensor
