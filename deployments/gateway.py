@@ -25,8 +25,8 @@ from deployments.http import (
     BINARY_SCOPE_KEY,
     KEY_SCOPE_KEY,
     AuthMiddleware,
-    BinaryTensorRoute,
     BodyLimitMiddleware,
+    GatewayRoute,
     JsonBodyMiddleware,
     causes,
     install_error_handlers,
@@ -379,6 +379,7 @@ class Gateway:
             " when the server requires keys, and `x-routing-key` to keep one customer on one "
             "version during a canary.",
         )
+        app.router.route_class = GatewayRoute  # strict JSON or binary tensors, every route
         install_error_handlers(app)
         app.add_middleware(JsonBodyMiddleware)
         app.add_middleware(BodyLimitMiddleware, max_bytes=self.args.limits.max_body_bytes)
@@ -444,10 +445,9 @@ class Gateway:
                               tags=["v2"], summary="Model metadata")
             app.add_api_route(prefix + "/ready", model_ready, methods=["GET"], tags=["v2"],
                               summary="Model readiness")
-            app.router.add_api_route(
-                prefix + "/infer", infer, methods=["POST"], tags=["v2"],
-                response_model=InferenceResponse, summary="Inference (V2)",
-                route_class_override=BinaryTensorRoute, description=BINARY_DOC)
+            app.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=["v2"],
+                              response_model=InferenceResponse, summary="Inference (V2)",
+                              description=BINARY_DOC)
 
     def _v1_routes(self, app: FastAPI) -> None:
         async def status(request: Request, model: str,

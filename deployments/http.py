@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import pydantic_core
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,7 +25,9 @@ REQUEST_ID = "x-request-id"
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None
                    ) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    # a message may quote the request: text that is not UTF-8 is escaped, never a 500
+    safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"error": safe}, status_code=status, headers=headers)
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -207,17 +211,29 @@ class AuthMiddleware:
 BINARY_SCOPE_KEY = "finserve.binary_inputs"
 
 
-class BinaryTensorRequest(Request):
-    """A request that may use the V2 binary tensor data extension: its JSON is the
-    header, and the tensors after it are decoded once into ``scope[BINARY_SCOPE_KEY]``."""
+def strict_json(data: bytes) -> Any:
+    """JSON as RFC 8259 has it, parsed by pydantic-core: a string holding a lone surrogate
+    (which no answer could echo as UTF-8) or nesting past 200 levels is a decode error."""
+    try:
+        return pydantic_core.from_json(data)
+    except ValueError as exc:
+        raise json.JSONDecodeError(str(exc), data.decode("utf-8", "replace"), 0) from None
+
+
+class GatewayRequest(Request):
+    """A request body as the gateway reads it: strict JSON, or the V2 binary tensor data
+    extension, whose JSON header is the body and whose tensors are decoded once into
+    ``scope[BINARY_SCOPE_KEY]``."""
 
     async def json(self) -> Any:
-        length = self.headers.get(binary.HEADER)
-        if length is None:
-            return await super().json()
         if not hasattr(self, "_json"):
+            body = await self.body()
+            length = self.headers.get(binary.HEADER)
+            if length is None:
+                self._json = strict_json(body)
+                return self._json
             try:
-                header, arrays = binary.split(await self.body(), length)
+                header, arrays = binary.split(body, length)
             except FinServeError as exc:  # FastAPI turns anything else into a bare 400
                 raise HTTPException(exc.status_code, exc.message) from None
             self.scope[BINARY_SCOPE_KEY] = arrays
@@ -225,14 +241,14 @@ class BinaryTensorRequest(Request):
         return self._json
 
 
-class BinaryTensorRoute(APIRoute):
-    """A route whose body may be V2 binary tensor data (see ``BinaryTensorRequest``)."""
+class GatewayRoute(APIRoute):
+    """Every gateway route reads its body through ``GatewayRequest``."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
-            return await handler(BinaryTensorRequest(request.scope, request.receive))
+            return await handler(GatewayRequest(request.scope, request.receive))
 
         return route
 

@@ -16,6 +16,7 @@ import struct
 from typing import Any
 
 import numpy as np
+import pydantic_core
 
 from serving.errors import BadRequest, InvalidInput
 from serving.protocol.codec import check_header, v2_datatype
@@ -37,8 +38,8 @@ def split(body: bytes, header_length: str) -> tuple[dict[str, Any], dict[int, np
                          f"bytes, got '{header_length}'")
     length = int(header_length)
     try:
-        header = json.loads(body[:length])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = pydantic_core.from_json(body[:length])  # strict: no lone surrogates
+    except ValueError:
         raise BadRequest(f"the first {length} bytes of the body are not a JSON header") from None
     inputs = header.get("inputs") if isinstance(header, dict) else None
     if not isinstance(inputs, list):

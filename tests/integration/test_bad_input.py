@@ -17,6 +17,10 @@ CASES = [
     # (method path, raw body or json, expected status, words in the error)
     ("/v2/models/fraud/infer", b"{not json", 400, "not valid JSON"),
     ("/v2/models/fraud/infer", b"", 400, "empty"),
+    # a lone surrogate is no Unicode text, and no answer could echo it as UTF-8
+    ("/v2/models/fraud/infer", b'{"id":"a\\udfffb","inputs":[{"name":"features","shape":[1,9],'
+     b'"datatype":"FP32","data":[24.5,14,0.1,3.2,0,1,0,1500,0.9]}]}', 400, "not valid JSON"),
+    ("/v1/sentiment/analyze", b'{"records":[{"text":"\\ud800 up"}]}', 400, "not valid JSON"),
     ("/v2/models/fraud/infer", [], 422, "body"),
     ("/v2/models/fraud/infer", {"inputs": []}, 422, "inputs"),
     ("/v2/models/fraud/infer", {"input": []}, 422, "inputs"),

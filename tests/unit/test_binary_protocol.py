@@ -132,3 +132,14 @@ def test_malformed_binary_bodies_are_client_errors(body, length, error, words):
     with pytest.raises(error, match=words) as info:
         binary.split(body, length)
     assert info.value.status_code in (400, 422)
+
+
+def test_lone_surrogates_are_not_json_in_the_header_or_the_body():
+    from deployments.http import error_response, strict_json
+
+    with pytest.raises(json.JSONDecodeError):
+        strict_json(b'{"id": "a\\udfffb"}')
+    assert strict_json(b'{"a": NaN, "b": "\\u00e9"}')["b"] == "é"  # NaN: a 422 later
+    with pytest.raises(BadRequest, match="not a JSON header"):
+        binary.split(*_body({"inputs": [], "id": "\ud800"}))
+    assert b"\\udfff" in error_response(422, "got: a\udfffb").body  # escaped, not a 500
