@@ -231,13 +231,11 @@ class GatewayRequest(Request):
             length = self.headers.get(binary.HEADER)
             if length is None:
                 self._json = strict_json(body)
-                return self._json
-            try:
-                header, arrays = binary.split(body, length)
-            except FinServeError as exc:  # FastAPI turns anything else into a bare 400
-                raise HTTPException(exc.status_code, exc.message) from None
-            self.scope[BINARY_SCOPE_KEY] = arrays
-            self._json = header
+            else:
+                try:
+                    self._json, self.scope[BINARY_SCOPE_KEY] = binary.split(body, length)
+                except FinServeError as exc:  # FastAPI makes anything else a bare 400
+                    raise HTTPException(exc.status_code, exc.message) from None
         return self._json
 
 

@@ -29,9 +29,9 @@ def check_size(raw: np.ndarray, max_instances: int) -> np.ndarray:
 
 
 def decode_v2(request: InferenceRequest, task: Task,
-              binary: dict[int, np.ndarray] | None = None) -> np.ndarray:
+              binary_inputs: dict[int, np.ndarray] | None = None) -> np.ndarray:
     """The task's raw batch from a V2 request (one input, named as in the metadata);
-    ``binary`` holds the inputs that came as binary tensor data, by position."""
+    ``binary_inputs`` holds the inputs that came as binary tensor data, by position."""
     spec = task.input_spec
     matching = [n for n, i in enumerate(request.inputs) if i.name == spec.name]
     if not matching:
@@ -42,7 +42,7 @@ def decode_v2(request: InferenceRequest, task: Task,
         raise InvalidInput(
             f"input '{spec.name}' must be {spec.datatype}, got {tensor.datatype}"
         )
-    array = (binary or {}).get(matching[0])
+    array = (binary_inputs or {}).get(matching[0])
     return task.check_raw(tensor.as_numpy() if array is None else array)
 
 

@@ -33,9 +33,10 @@ _LENGTH = struct.Struct("<I")
 def split(body: bytes, header_length: str) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
     """The JSON header of a binary request, with ``data: []`` standing in for each binary
     input, and the decoded binary inputs by their position in ``inputs``."""
-    if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
+    count = header_length.isascii() and header_length.isdigit() and len(header_length) < 16
+    if not count or not 0 < int(header_length) <= len(body):
         raise BadRequest(f"{HEADER} must be a byte count within the body's {len(body)} "
-                         f"bytes, got '{header_length}'")
+                         f"bytes, got '{header_length[:32]}'")
     length = int(header_length)
     try:
         header = pydantic_core.from_json(body[:length])  # strict: no lone surrogates

@@ -97,6 +97,8 @@ def _fp32(n: int, size: int | None = None, **extra) -> dict:
     (b'{"inputs": []}', "abc", BadRequest, "byte count"),
     (b'{"inputs": []}', "99", BadRequest, "byte count"),
     (b'{"inputs": []}', "0", BadRequest, "byte count"),
+    (b'{"inputs": []}', "9" * 5000, BadRequest, "byte count"),
+    (b'{"inputs": []}', "\u00b2", BadRequest, "byte count"),
     (b'\xff\xfe{"inputs"}', "11", BadRequest, "not a JSON header"),
     (b'[1, 2]', "6", BadRequest, "list of 'inputs'"),
     (*_body(_fp32(2), b"\0" * 8 + b"extra"), BadRequest, "follow the last"),
