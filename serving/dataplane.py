@@ -5,6 +5,7 @@ Knows the protocols and tasks, not HTTP and not Ray (the gateway is the thin par
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -81,9 +82,12 @@ def decode_v1(request: PredictRequest, task: Task) -> np.ndarray:
     return task.check_raw(rows_to_array(rows, task.input_spec))
 
 
-def rows(outputs: Outputs) -> list[dict[str, Any]]:
-    """Columnar outputs → one JSON-ready dict per example."""
-    columns = {name: jsonable(values) for name, values in outputs.items()}
+def rows(outputs: Outputs,
+         values_of: Callable[[np.ndarray], list[Any]] | None = None) -> list[dict[str, Any]]:
+    """Columnar outputs → one JSON-ready dict per example (each column by ``values_of``,
+    ``jsonable`` unless given)."""
+    convert = values_of or jsonable
+    columns = {name: convert(values) for name, values in outputs.items()}
     count = len(next(iter(columns.values())))
     return [{name: values[i] for name, values in columns.items()} for i in range(count)]
 

@@ -1,6 +1,8 @@
 import asyncio
+import hashlib
 import json
 
+import numpy as np
 import pytest
 
 from serving import audit
@@ -136,3 +138,65 @@ def test_remote_trails_need_a_shared_key(monkeypatch):
         audit.token_key("s3://bucket/trail", "FINSERVE_TOKEN_KEY")
     monkeypatch.setenv("FINSERVE_TOKEN_KEY", "shared")
     assert audit.token_key("s3://bucket/trail", "FINSERVE_TOKEN_KEY") == b"shared"
+
+
+def test_records_are_written_in_the_current_format_and_older_trails_still_verify(tmp_path):
+    """Format 1 (stdlib JSON, no ``format`` field) was written before format 2 (orjson):
+    a trail holding both kinds verifies, and an altered format-1 record is still caught."""
+    old = tmp_path / "old"
+    old.mkdir()
+    prev, lines = audit.GENESIS, []
+    for seq in range(3):  # what the format-1 writer produced
+        body = {**_record(seq), "inputs": {"data": [[1e-05 * seq]]}, "chain": "v1",
+                "seq": seq, "prev": prev}
+        prev = hashlib.sha256(audit.canonical_v1(body)).hexdigest()
+        lines.append(json.dumps({**body, "hash": prev}))
+    (old / "decisions-v1-00000.jsonl").write_text("\n".join(lines) + "\n")
+    _write(old, n=2)  # a format-2 chain beside it
+    report = audit.verify(str(old))
+    assert report.ok and report.records == 5 and report.chains == 2, report.problems
+    new = [r for r in audit.read_records(str(old)) if r["chain"] == "c1"]
+    assert [r["format"] for r in new] == [audit.RECORD_FORMAT] * 2 == [2, 2]
+
+    altered = json.loads(lines[1])
+    altered["outputs"] = [{"p": 0.5}]
+    lines[1] = json.dumps(altered)
+    (old / "decisions-v1-00000.jsonl").write_text("\n".join(lines) + "\n")
+    assert any("v1 seq 1" in p and "altered" in p for p in audit.verify(str(old)).problems)
+
+
+def test_an_unknown_record_format_is_a_problem_not_a_crash(tmp_path):
+    _write(tmp_path, n=2)
+    _, lines = _lines(tmp_path)
+    for bad in (99, True, [2]):
+        record = json.loads(lines[1])
+        record["format"] = bad
+        _rewrite(tmp_path, [lines[0], json.dumps(record)])
+        problems = audit.verify(str(tmp_path)).problems
+        assert problems == [f"chain c1 seq 1 (r1): unknown record format {bad!r}"]
+
+
+def test_float32_values_are_recorded_in_their_shortest_form_and_read_back_exactly():
+    rng = np.random.default_rng(3)
+    values = np.concatenate([
+        np.array([0.3, 1e-05, 7.630131e-06, -7.0262058e13, 3.4e38, 1e-45, -0.0], np.float32),
+        rng.normal(size=5000).astype(np.float32) * 10.0 ** rng.integers(-20, 20, 5000),
+    ]).astype(np.float32).reshape(-1, 1)
+    kept = audit.recorded(values)
+    assert kept[0] == [0.3] and kept[1] == [1e-05]  # not 0.30000001192092896
+    again = json.loads(audit.canonical({"data": kept}))["data"]
+    assert np.array_equal(np.asarray(again, np.float32), values)
+    # the canonical text is stable through a write and a read, as verify needs
+    assert audit.canonical(json.loads(audit.canonical(kept))) == audit.canonical(kept)
+    assert audit.recorded(np.array([[1, 2]], np.int64)) == [[1, 2]]
+
+
+def test_a_value_the_format_cannot_hold_refuses_the_answer_without_a_gap(tmp_path):
+    async def go():
+        trail = audit.Trail(audit.JsonlSink(tmp_path, "c1"), "c1")
+        with pytest.raises(audit.TrailUnavailable):
+            await trail.append({**_record(0), "parameters": {"n": 2**70}})
+        return await trail.append(_record(1))
+
+    assert asyncio.run(go())["seq"] == 0  # nothing was sealed for the refused one
+    assert audit.verify(str(tmp_path)).ok
