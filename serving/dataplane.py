@@ -104,10 +104,10 @@ def decode_records(records: list[BaseModel], task: Task) -> np.ndarray:
 
 def jsonable(values: np.ndarray) -> list[Any]:
     """JSON-ready rows; rows of strings drop the '' that pads ragged lists to a tensor."""
-    if values.dtype == object:
+    if values.dtype == object:  # lists first: indexing an object array per row is slower
         if values.ndim == 2:
-            return [[str(v) for v in row if v != ""] for row in values]
-        return [str(v) for v in values]
+            return [[str(v) for v in row if v != ""] for row in values.tolist()]
+        return [str(v) for v in values.tolist()]
     return values.tolist()
 
 
