@@ -37,7 +37,7 @@ DOC = ROOT / "docs" / "benchmarks.md"
 MODELS = ("sentiment", "fraud", "credit")
 CONCURRENCY = (1, 8, 32, 128)
 BATCH, BATCH_CONCURRENCY = 64, 8
-PARTS = ("ceiling", "inprocess", "a", "b", "finserve", "haproxy")
+PARTS = ("ceiling", "inprocess", "a", "b", "finserve", "haproxy", "autoscale")
 app = typer.Typer(add_completion=False)
 
 
@@ -379,6 +379,8 @@ def main(
             for system in [*baselines, default]:
                 if system.name in infos:
                     stop(system, infos)
+        if "autoscale" in parts and "sentiment" in names:
+            result["autoscale"] = autoscale_step(config, bodies, infos)
     except KeyboardInterrupt:
         result["interrupted"] = True
         log("interrupted: systems stopped; writing the points measured so far")
@@ -397,6 +399,26 @@ def main(
     if docs and not partial and not result.get("interrupted"):
         write_report(result, out, DOC)
         log(f"report: {DOC}")
+
+
+def autoscale_step(config: Path, bodies: dict[tuple[str, str, int], Path],
+                   infos: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """FinServe alone with sentiment's Model stage autoscaled; a load step; the timeline."""
+    from benchmarks import autoscale
+
+    system = finserve("finserve-autoscale",
+                      autoscale.write_config(config, WORK / "serve-autoscale.yaml"), True)
+    if not start(system, "/v2/health/ready", None, infos):
+        return {"error": infos[system.name].get("error", "did not start")}
+    try:
+        log(f"autoscaling: load step to {autoscale.CONNECTIONS} connections")
+        step = autoscale.load_step(system.base + task_path(autoscale.MODEL),
+                                   bodies[(autoscale.MODEL, "task", BATCH)])
+        log(f"  second replica added after {step.get('added_s')} s, serving after "
+            f"{step.get('serving_s')} s; {step['load'].get('errors')} errors")
+        return step
+    finally:
+        stop(system, infos)
 
 
 def _interrupt(signum: int, frame: object) -> None:
