@@ -2,10 +2,11 @@
 
 FinServe serves sentiment with its Model stage in replicas of its own
 (``placement: model-replicas``) under the autoscaling settings below, exactly as
-``finserve serve`` runs it; wrk then steps the load from nothing to ``CONNECTIONS``
-connections of 64-headline requests. The bench's process joins FinServe's local Ray as a
-second driver and reads Serve's replica states every ``POLL_S``: the replica is *added*
-when Serve creates it and *serving* when it is RUNNING (Serve routes to it from then on).
+``finserve serve`` runs it; after ``IDLE_S`` of steady idleness, wrk steps the load from
+nothing to ``CONNECTIONS`` connections of 64-headline requests. The bench's process joins
+FinServe's local Ray as a second driver and reads Serve's replica states every ``POLL_S``:
+the replica is *added* when Serve creates it and *serving* when it is RUNNING (Serve
+routes to it from then on).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ DEPLOYMENT = f"{MODEL}-model"
 CONNECTIONS = 16
 LOAD_S = 45
 POLL_S = 0.2
+IDLE_S = 15  # steady and idle before the step, not the first seconds after the deploy
 AUTOSCALING = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
-               "upscale_delay_s": 1, "downscale_delay_s": 30, "look_back_period_s": 2}
+               "upscale_delay_s": 0, "downscale_delay_s": 30, "look_back_period_s": 2}
 
 
 def write_config(config: Path, out: Path) -> Path:
@@ -62,6 +64,7 @@ def load_step(url: str, body: Path) -> dict[str, Any]:
 
     ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
     try:
+        time.sleep(IDLE_S)
         before = _states()
         load: dict[str, Any] = {}
         worker = threading.Thread(
@@ -79,6 +82,7 @@ def load_step(url: str, body: Path) -> dict[str, Any]:
             time.sleep(POLL_S)
         worker.join()
         return {"autoscaling": AUTOSCALING, "connections": CONNECTIONS, "load_s": LOAD_S,
+                "idle_before_s": IDLE_S,
                 "replicas_before": before, "replicas_after": _states(), **timeline,
                 "load": load}
     finally:

@@ -100,7 +100,9 @@ def targets(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
     step = r.get("autoscale") or {}
     serving, load = step.get("serving_s"), step.get("load") or {}
     out.append(f"- {_ok(None if serving is None else serving <= 10 and not load.get('errors'))}"
-               f" autoscaling, sentiment's Model stage from 1 replica, load step to "
+               f" autoscaling, sentiment's Model stage from 1 replica "
+               f"(`{json.dumps(step.get('autoscaling'))}`), load step after "
+               f"{step.get('idle_before_s', '-')} s idle to "
                f"{step.get('connections', '-')} connections of 64 instances: the second "
                f"replica added after {_f(step.get('added_s'))} s and serving after "
                f"{_f(serving)} s, {load.get('errors', '-')} errors (target ≤ 10 s)"
@@ -328,6 +330,10 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
         "stay up meanwhile (an idle Ray costs a little CPU, a cost the baselines bear). Before "
         "each point one request must answer 200; after it the system must drain its backlog "
         "(one fresh request answers) before the next point starts.",
+        "- Autoscaling (last, FinServe alone): `benchmarks/autoscale.py`; the bench joins "
+        "FinServe's Ray as a second driver and reads Serve's replica states every 0.2 s. "
+        "*Added* is when Serve creates the second Model replica, *serving* when it is "
+        "RUNNING, from the moment wrk starts.",
         "- FinServe runs with `RAY_worker_niceness=0`: Ray starts its workers at nice 15, "
         "below the baselines' nice 0, and on a machine busy with other work that alone "
         "starves a pipeline of a dozen processes; on a dedicated machine it makes no difference.",

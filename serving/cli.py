@@ -212,11 +212,6 @@ def serve_cmd(
     # but request logs written at once, not 1,000 at a time (which holds them for hours
     # when traffic is light); buffering is worth another 25-40 % (docs/benchmarks.md)
     os.environ.setdefault("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1")
-    # the autoscaler hears of a load step within a second, not Ray's 10 s (the chart's
-    # serve.autoscalingMetricsPushIntervalS)
-    for name in ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
-                 "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
-        os.environ.setdefault(name, "1")
     haproxy_dir = None
     if proxy is Proxy.haproxy:  # before ray.init: Ray's processes inherit the environment
         # short: Ray adds a 40-character folder, and HAProxy's socket paths stop at 97

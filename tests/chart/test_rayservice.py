@@ -154,19 +154,6 @@ def test_throughput_optimized_serve_is_on_by_default(tmp_path: Path) -> None:
     assert buffers == {"1"}  # request logs are written at once unless values say otherwise
 
 
-def test_autoscaling_load_reports_come_every_second_not_every_ten(tmp_path: Path) -> None:
-    names = ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
-             "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S")
-
-    def intervals(path: Path | None = None) -> set[tuple[str, ...]]:
-        return {tuple(next(e["value"] for e in c["env"] if e["name"] == n) for n in names)
-                for label, c in containers(render(path)) if label.startswith(("head", "worker"))}
-
-    assert intervals() == {("1", "1")}
-    half = write_values(tmp_path, {"serve": {"autoscalingMetricsPushIntervalS": 0.5}})
-    assert intervals(half) == {("0.5", "0.5")}
-
-
 def test_every_ray_container_exposes_the_serve_port_8000() -> None:
     for label, container in containers(render("gpu")):
         if label.startswith(("head", "worker")):

@@ -339,10 +339,6 @@ Environment of every Ray container: API keys, model store, extra env.
 {{- end }}
 - name: RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE
   value: {{ .Values.serve.requestLogBuffer | int | quote }}
-- name: RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S
-  value: {{ .Values.serve.autoscalingMetricsPushIntervalS | toString | quote }}
-- name: RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S
-  value: {{ .Values.serve.autoscalingMetricsPushIntervalS | toString | quote }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
