@@ -10,6 +10,7 @@ list therefore never fails a request.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -162,6 +163,27 @@ class ModelRunner(_Versions):
 
 
 _tf_configured = False
+#: what TensorFlow's own import loads from Keras (and Keras loads scikit-learn)
+_KERAS_EAGER_IMPORT = "keras.src.optimizers"
+
+
+def import_tensorflow() -> Any:
+    """TensorFlow, imported without Keras when nothing has imported either yet.
+
+    Serving only calls SavedModel signatures. TensorFlow's import loads Keras, and with it
+    scikit-learn, to register Keras optimizers for SavedModels that hold them: 1.0 of its
+    2.5 s here, on every replica start (docs/benchmarks.md). A failing import is what TF
+    expects when Keras is absent; Keras imports normally afterwards if anything needs it.
+    """
+    skip = "tensorflow" not in sys.modules and "keras" not in sys.modules
+    if skip:
+        sys.modules[_KERAS_EAGER_IMPORT] = None  # type: ignore[assignment]
+    try:
+        import tensorflow as tf
+    finally:
+        if skip:
+            sys.modules.pop(_KERAS_EAGER_IMPORT, None)
+    return tf
 
 
 def _configure_tensorflow(intra: int | None, inter: int | None) -> None:
@@ -169,7 +191,7 @@ def _configure_tensorflow(intra: int | None, inter: int | None) -> None:
     global _tf_configured
     if _tf_configured:
         return
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     try:
         if intra:

@@ -88,3 +88,43 @@ def test_fraud_reviews_and_blocks_carry_reasons_from_the_served_model(tiny_store
     assert (answers["reason_codes"][0] == "").all()  # approvals carry no reasons
     codes = [c for c in answers["reason_codes"][1] if c]
     assert codes and set(codes) <= {code for code, _ in REASONS.values()}
+
+
+def test_a_serving_process_loads_and_calls_every_model_without_importing_keras(tiny_store):
+    """TensorFlow's import pulls in Keras and scikit-learn (a second per replica start);
+    serving needs neither, gives the same answers without them, and Keras still imports
+    afterwards for whatever needs it."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from serving.runtime import ModelRunner, TaskSteps, import_tensorflow
+from serving.store import ModelStore
+from serving.tasks import get_task
+import_tensorflow()
+print("imported", "keras" in sys.modules, "sklearn" in sys.modules)
+store = ModelStore({str(tiny_store.root)!r})
+for name in ("credit", "digits", "forecast", "fraud", "recommend", "sentiment"):
+    runner = ModelRunner(store, name, name, ["1"])
+    runner.load_all()
+    batch = TaskSteps(store, name, name, ["1"]).preprocess(
+        "1", get_task(name).sample_data(seed=5, n=8).raw)
+    for key, values in sorted(runner.predict_batch([("1", batch.data)])[0].items()):
+        print(name, key, values.round(5).tolist())
+print("served", "keras" in sys.modules)
+import keras
+print("keras", keras.layers.Dense(2)(keras.ops.ones((1, 3))).shape)
+"""
+    def run(preload: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", preload + script], capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.splitlines()
+
+    lean = run("")
+    assert lean[0] == "imported False False"
+    assert lean[-2:] == ["served False", "keras (1, 2)"]
+    assert lean[1:-2] == run("import keras\n")[1:-2]  # the same answers as with Keras
+    assert {line.split()[0] for line in lean[1:-2]} == {
+        "credit", "digits", "forecast", "fraud", "recommend", "sentiment"}
