@@ -148,6 +148,13 @@ def plots(r: dict[str, Any], pts: Points, models: list[str], stem: str) -> list[
     return paths
 
 
+def _ports(ports: dict[Any, bool] | None) -> str:
+    """'8000 free' per port (keys are ints in a run, strings once read back from JSON)."""
+    if not ports:
+        return "-"
+    return ", ".join(f"{port} {'free' if free else 'IN USE'}" for port, free in ports.items())
+
+
 def _one_line(error: str) -> str:
     """First and last lines of an error, fit for a table cell."""
     lines = [x.strip(" │╭╰─") for x in error.splitlines() if x.strip(" │╭╰─")]
@@ -312,7 +319,7 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
         lines.append(f"| {name} | {_f(info.get('load1_at_start'), 0)} | "
                      f"{_f(info.get('first_answer_s'))} | {_f(info.get('ready_s'))} "
                      f"| {stop.get('exit_code', '-')} | {len(stop.get('killed_leftovers', []))}"
-                     f" {stop.get('killed_leftovers') or ''} | {stop.get('ports_free', '-')} "
+                     f" {stop.get('killed_leftovers') or ''} | {_ports(stop.get('ports_free'))} "
                      f"| {_one_line(info.get('error', ''))} |")
     figures = plots(r, pts, models, json_path.stem)
     lines += ["", "## Throughput against p99 latency", ""]
