@@ -218,6 +218,11 @@ def serve_cmd(
         haproxy_dir = tempfile.mkdtemp(prefix="fsh-", dir="/tmp" if os.path.isdir("/tmp")
                                        else None)
         os.environ.update(haproxy_env(haproxy_dir))
+        # Ray's per-request ingress metrics come from one syslog datagram per request that
+        # a Python actor parses: 8-19 % of the throughput here (docs/benchmarks.md, row 27).
+        # The gateway's finserve_* metrics count every answer; HAProxy's own Prometheus
+        # exporter counts the ingress. Set it to 1 to have Ray's serve_num_http_* back.
+        os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_ENABLED", "0")
         # one machine, no load balancer in front to tell: don't hold Ctrl-C for Ray's 30 s
         # ingress drain (the chart keeps it)
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")

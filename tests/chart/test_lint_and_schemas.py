@@ -100,11 +100,13 @@ def test_podmonitor_scrapes_the_ray_metrics_port_when_prometheus_operator_exists
         "template"]["metadata"]["labels"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= ray_labels.items()
     endpoints = monitor["spec"]["podMetricsEndpoints"]
-    assert [e["port"] for e in endpoints] == ["metrics"]
-    assert endpoints[0]["path"] == "/metrics" and endpoints[0]["interval"] == "15s"
+    # Ray's metrics, and HAProxy's own exporter for the ingress (production keeps HAProxy on)
+    assert [e["port"] for e in endpoints] == ["metrics", "haproxy-metrics"]
+    assert {(e["path"], e["interval"]) for e in endpoints} == {("/metrics", "15s")}
     for label, container in containers(objects):
         if label.startswith(("head", "worker")):
             assert {"name": "metrics", "containerPort": 8080} in container["ports"], label
+            assert {"name": "haproxy-metrics", "containerPort": 9101} in container["ports"]
 
 
 def test_podmonitor_is_skipped_without_the_monitoring_api() -> None:

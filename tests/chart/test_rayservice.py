@@ -139,6 +139,31 @@ def test_haproxy_ingress_is_on_by_default_and_can_be_switched_off(tmp_path: Path
     assert flags(write_values(tmp_path, {"serve": {"haproxy": False}})) == {None}
 
 
+def test_haproxy_request_metrics_are_off_by_default_and_its_exporter_is_exposed(
+        tmp_path: Path) -> None:
+    def ray_containers(values: Path | None = None) -> list[dict[str, Any]]:
+        return [c for label, c in containers(render(values))
+                if label.startswith(("head", "worker"))]
+
+    def env(container: dict[str, Any], name: str) -> str | None:
+        return next((e["value"] for e in container["env"] if e["name"] == name), None)
+
+    def exporter(container: dict[str, Any]) -> bool:
+        return {"name": "haproxy-metrics", "containerPort": 9101} in container["ports"]
+
+    default = ray_containers()
+    assert {env(c, "RAY_SERVE_HAPROXY_METRICS_ENABLED") for c in default} == {"0"}
+    assert {env(c, "RAY_SERVE_HAPROXY_METRICS_PORT") for c in default} == {"9101"}
+    assert all(exporter(c) for c in default)
+    on = ray_containers(write_values(tmp_path, {"serve": {"haproxyRequestMetrics": True}},
+                                     "on.yaml"))
+    assert {env(c, "RAY_SERVE_HAPROXY_METRICS_ENABLED") for c in on} == {"1"}
+    python_proxy = ray_containers(write_values(tmp_path, {"serve": {"haproxy": False}},
+                                               "python.yaml"))
+    assert not any(exporter(c) for c in python_proxy)
+    assert {env(c, "RAY_SERVE_HAPROXY_METRICS_ENABLED") for c in python_proxy} == {None}
+
+
 def test_throughput_optimized_serve_is_on_by_default(tmp_path: Path) -> None:
     def values(path: Path | None = None) -> set[str | None]:
         return {next((e.get("value") for e in c.get("env", [])

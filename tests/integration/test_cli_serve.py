@@ -4,6 +4,7 @@ answering, then stopped by SIGTERM with the port released and no HAProxy left be
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +41,21 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
+def _assert_ingress_counted_by_haproxy_not_by_ray(pids: set[int]) -> None:
+    """No per-request syslog datagram to Ray's metrics socket (benchmarks/levers.md, row
+    27); HAProxy's own Prometheus exporter counts the requests instead."""
+    cmdline = (Path("/proc") / str(min(pids)) / "cmdline").read_bytes().split(b"\0")
+    config = Path(cmdline[cmdline.index(b"-f") + 1].decode()).read_text()
+    assert "metrics.sock" not in config
+    exporter = config.split("frontend prometheus", 1)[1]
+    metrics_port = int(re.search(r"bind \S*:(\d+)", exporter).group(1))
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    answered = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("haproxy_frontend_http_requests_total{")
+                and 'proxy="http_frontend"' in line]
+    assert answered and answered[0] >= 1, text[:2000]
+
+
 def test_finserve_serve_answers_behind_haproxy_and_releases_the_port_on_sigterm(
         tiny_store, tmp_path):
     port = free_port()
@@ -72,6 +88,7 @@ def test_finserve_serve_answers_behind_haproxy_and_releases_the_port_on_sigterm(
         assert r.json()["model"] == "fraud"
         assert _haproxies() - before, "no HAProxy serves the port"
         assert httpx.get(f"http://127.0.0.1:{port}/-/healthz", timeout=10).status_code == 200
+        _assert_ingress_counted_by_haproxy_not_by_ray(_haproxies() - before)
     finally:
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()

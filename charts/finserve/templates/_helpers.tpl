@@ -332,6 +332,10 @@ Environment of every Ray container: API keys, model store, extra env.
 {{- if .Values.serve.haproxy }}
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: "1"
+- name: RAY_SERVE_HAPROXY_METRICS_ENABLED
+  value: {{ ternary "1" "0" .Values.serve.haproxyRequestMetrics | quote }}
+- name: RAY_SERVE_HAPROXY_METRICS_PORT
+  value: {{ include "finserve.haproxyMetricsPort" . | quote }}
 {{- end }}
 {{- if .Values.serve.throughputOptimized }}
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
@@ -411,5 +415,17 @@ A sample V2 inference request body for a model's task ("" when the chart knows n
 {"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["Acme Bank beats estimates as profit surges"]}]}
 {{- else if eq $task "credit" -}}
 {"inputs":[{"name":"applicant","datatype":"FP32","shape":[1,12],"data":[85000,0.25,0.3,12,0,1,5,20000,36,6,1,0]}]}
+{{- end }}
+{{- end }}
+
+{{/* Port of HAProxy's own Prometheus exporter (the ingress: requests, responses by code). */}}
+{{- define "finserve.haproxyMetricsPort" -}}9101{{- end }}
+
+{{/* Ports every Ray container serves: Serve HTTP, Ray's metrics, HAProxy's exporter. */}}
+{{- define "finserve.servePorts" -}}
+- {name: serve, containerPort: 8000}
+- {name: metrics, containerPort: 8080}
+{{- if .Values.serve.haproxy }}
+- {name: haproxy-metrics, containerPort: {{ include "finserve.haproxyMetricsPort" . }}}
 {{- end }}
 {{- end }}
