@@ -32,9 +32,20 @@ def replay(trail: str, request_id: str, store: ModelStore, atol: float = 1e-5) -
                      else np.float32)
     batch = steps.preprocess(version, steps.task.check_raw(raw))
     batch = Batch(runner.predict_batch([(version, batch.data)])[0], batch.context)
-    again = rows(steps.postprocess(version, batch, record.get("parameters")))
-    mismatches = _differences(record["outputs"], again, atol)
-    return {**result, "matches": not mismatches, "differences": mismatches, "outputs": again}
+    outputs = steps.postprocess(version, batch, record.get("parameters"))
+    if isinstance(record["outputs"], dict):  # format 3: columns, tensors as the model gave
+        then, now = _examples(record["outputs"]), _examples(audit.recorded_outputs(outputs))
+    else:  # formats 1 and 2: one dict per example, as the answer lists it
+        then, now = record["outputs"], rows(outputs)
+    mismatches = _differences(then, now, atol)
+    return {**result, "matches": not mismatches, "differences": mismatches,
+            "outputs": rows(outputs)}
+
+
+def _examples(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """A format-3 record's output columns as one dict per example."""
+    examples = zip(*columns.values(), strict=False)  # uneven columns: `verify` says altered
+    return [dict(zip(columns, values, strict=True)) for values in examples]
 
 
 def _differences(recorded: list[dict[str, Any]], again: list[dict[str, Any]],

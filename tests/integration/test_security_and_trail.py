@@ -85,7 +85,10 @@ def test_every_answer_leaves_one_record_and_errors_none(client, trail, api_keys)
     assert {r["request_id"] for r in records} == answered and len(records) == len(answered)
     credit = next(r for r in records if r["model"] == "credit")
     assert credit["key_id"] == "ops" and credit["version"] == "1"
-    assert credit["outputs"][1]["reason_codes"]  # reason codes are part of the record
+    assert credit["format"] == audit.RECORD_FORMAT
+    # the outputs as columns, one value per example; reason codes are part of the record
+    assert {len(column) for column in credit["outputs"].values()} == {2}
+    assert any(credit["outputs"]["reason_codes"][1])
     assert len(credit["artifact_sha256"]) == 64 and len(credit["input_sha256"]) == 64
     result = CliRunner().invoke(cli, ["audit", "verify", "--trail", str(trail)])
     assert result.exit_code == 0 and "intact" in result.output, result.output

@@ -141,8 +141,9 @@ def test_remote_trails_need_a_shared_key(monkeypatch):
 
 
 def test_records_are_written_in_the_current_format_and_older_trails_still_verify(tmp_path):
-    """Format 1 (stdlib JSON, no ``format`` field) was written before format 2 (orjson):
-    a trail holding both kinds verifies, and an altered format-1 record is still caught."""
+    """Format 1 (stdlib JSON, no ``format`` field) was written before formats 2 and 3
+    (orjson): a trail holding both kinds verifies, and an altered format-1 record is still
+    caught. (tests/unit/test_replay.py has format 2 beside 3.)"""
     old = tmp_path / "old"
     old.mkdir()
     prev, lines = audit.GENESIS, []
@@ -156,7 +157,7 @@ def test_records_are_written_in_the_current_format_and_older_trails_still_verify
     report = audit.verify(str(old))
     assert report.ok and report.records == 5 and report.chains == 2, report.problems
     new = [r for r in audit.read_records(str(old)) if r["chain"] == "c1"]
-    assert [r["format"] for r in new] == [audit.RECORD_FORMAT] * 2 == [2, 2]
+    assert [r["format"] for r in new] == [audit.RECORD_FORMAT] * 2 == [3, 3]
 
     altered = json.loads(lines[1])
     altered["outputs"] = [{"p": 0.5}]
