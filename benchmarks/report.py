@@ -70,16 +70,24 @@ def targets(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
         out.append(f"- {_ok(fs['p99_ms'] < 100 and fs['errors'] == 0)} sentiment, 1 instance, "
                    f"c=32, {name}: p99 {_f(fs['p99_ms'])} ms, {fs['errors']} errors "
                    "(target < 100 ms)")
+    batched = [s for s in r["scenarios"] if s["instances"] > 1]
     for m in models:
         limit = r["inprocess"].get(m, {}).get("best_instances_per_s")
         for route in ("v2", "task", "v2bin"):
-            fs = pts.get(f"finserve-{route}", m, "batch64 c=8")
-            if fs and limit:
-                share = fs["instances_per_s"] / limit
-                out.append(f"- {_ok(share >= 0.5)} {m}, 64 instances per request, "
-                           f"{SYSTEMS['finserve-' + route]}: {_f(fs['instances_per_s'], 0)} "
-                           f"instances/s = {share:.0%} of the in-process limit "
-                           f"{_f(limit, 0)} (target ≥ 50%)")
+            found = [p for p in (pts.get(f"finserve-{route}", m, s["name"]) for s in batched)
+                     if p]
+            if not found or not limit:
+                continue
+            best = max(found, key=lambda p: p["instances_per_s"])
+            share = best["instances_per_s"] / limit
+            others = "; ".join(f"c={p['connections']}: {p['instances_per_s'] / limit:.0%}"
+                               for p in found if p is not best)
+            out.append(f"- {_ok(share >= 0.5 and best['errors'] == 0)} {m}, "
+                       f"{best['instances']} instances per request, "
+                       f"{SYSTEMS['finserve-' + route]}, best at c={best['connections']}: "
+                       f"{_f(best['instances_per_s'], 0)} instances/s = {share:.0%} of the "
+                       f"in-process limit {_f(limit, 0)}, p99 {_f(best['p99_ms'])} ms "
+                       f"(target ≥ 50%)" + (f" ({others})" if others else ""))
     for m in models:
         base = r["inprocess"].get(m, {}).get("batch1_pre_call_p50_ms")
         for route in ("v2", "task"):
@@ -348,7 +356,9 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
         "arrives; c = connections. Requests/s counts 2xx answers; errors are connect, read, "
         "write, timeout (10 s) and non-2xx. Latency percentiles are wrk's own.",
         "- Single-instance scenarios send one example per request at c = 1, 8, 32, 128; the "
-        "batched one sends 64 examples per request at c = 8. Bodies are built from "
+        "batched ones send 64 examples per request at c = 8 and 32. The batched target takes "
+        "the better of the two (the server's capacity, as the in-process limit is the "
+        "model's best batch size); both are in the tables. Bodies are built from "
         "`tests/testdata/<task>_task_request.json` records (cycled to 64), the V2 body from "
         "the same records through the task's `records_to_raw`.",
         "- Added latency at c=1 is FinServe's p50 minus the in-process p50 of one instance "

@@ -4,6 +4,7 @@ signature, then ranked per raw feature and mapped to plain-language statements."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -49,22 +50,30 @@ def rank_reasons(
     derived columns are summed); rows where ``mask`` is False get none. Arrays of shape
     [rows, slots], padded with ''. Versions exported without attributions get none.
     """
-    n = rows
-    codes = np.full((n, slots), "", dtype=object)
-    texts = np.full((n, slots), "", dtype=object)
     if attributions is None:
-        return codes, texts
-    names = list(dict.fromkeys(columns))
-    per_feature = np.zeros((n, len(names)), np.float64)
-    for column, name in enumerate(columns):
-        per_feature[:, names.index(name)] += attributions[:, column]
+        return np.full((rows, slots), "", object), np.full((rows, slots), "", object)
+    group, code_of, text_of = _reason_table(tuple(columns), tuple(statements.items()))
+    per_feature = np.asarray(attributions, np.float64) @ group  # [rows, features]
     # per row, the features by how much they raised the score (ties in column order), the
     # first ``slots`` of them that raised it by more than ``threshold``
     order = np.argsort(-per_feature, axis=1, kind="stable")[:, :slots]
     keep = np.take_along_axis(per_feature, order, axis=1) > threshold
     if mask is not None:
         keep &= np.asarray(mask, bool)[:, None]
-    table = np.array([statements[name] for name in names], dtype=object)  # [features, 2]
-    codes[:, : order.shape[1]] = np.where(keep, table[order, 0], "")
-    texts[:, : order.shape[1]] = np.where(keep, table[order, 1], "")
-    return codes, texts
+    chosen = np.full((rows, slots), len(code_of) - 1)  # the last entry of a table is ''
+    chosen[:, : order.shape[1]] = np.where(keep, order, len(code_of) - 1)
+    return code_of[chosen], text_of[chosen]
+
+
+@lru_cache(maxsize=32)
+def _reason_table(columns: tuple[str, ...], statements: tuple[tuple[str, tuple[str, str]], ...]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Once per task: the 0/1 matrix summing model columns into raw features, and each
+    feature's code and statement (then '' for no reason)."""
+    names = list(dict.fromkeys(columns))
+    group = np.zeros((len(columns), len(names)))
+    group[np.arange(len(columns)), [names.index(name) for name in columns]] = 1.0
+    table = dict(statements)
+    code_of = np.array([table[name][0] for name in names] + [""], dtype=object)
+    text_of = np.array([table[name][1] for name in names] + [""], dtype=object)
+    return group, code_of, text_of
