@@ -59,7 +59,7 @@ from serving.protocol.v2 import (
     ModelMetadata,
     ServerMetadata,
 )
-from serving.runtime import Batch, TaskSteps
+from serving.runtime import Batch, TaskSteps, settle_heap
 from serving.security import ApiKey, KeyRing, RateLimiter
 from serving.store import ModelStore
 from serving.tasks import Step, Task, get_task
@@ -192,6 +192,7 @@ class Gateway:
         self._background: set[asyncio.Task[None]] = set()
         if not self.require_auth:
             log.warning("FinServe is running OPEN: no API key is required (security.require_auth)")
+        settle_heap()
 
     def _steps(self, m: ModelSettings) -> TaskSteps | None:
         """Preprocess and Postprocess in this replica, when the model's settings say so."""

@@ -128,3 +128,30 @@ print("keras", keras.layers.Dense(2)(keras.ops.ones((1, 3))).shape)
     assert lean[1:-2] == run("import keras\n")[1:-2]  # the same answers as with Keras
     assert {line.split()[0] for line in lean[1:-2]} == {
         "credit", "digits", "forecast", "fraud", "recommend", "sentiment"}
+
+
+def test_a_loaded_version_leaves_the_long_lived_heap_out_of_garbage_collection(tiny_store):
+    """After a version loads, what the process holds for good (TensorFlow, Ray's modules,
+    the signature) is frozen, so a full collection no longer scans it (a fresh process:
+    the freeze is process-wide)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import gc
+from serving.runtime import GC_YOUNG_THRESHOLD, ModelRunner, import_tensorflow
+from serving.store import ModelStore
+import_tensorflow()
+before = len(gc.get_objects())
+runner = ModelRunner(ModelStore({str(tiny_store.root)!r}), "fraud", "fraud", ["1"])
+runner.load_all()
+print(before, gc.get_freeze_count(), len(gc.get_objects()), gc.get_threshold()[0],
+      GC_YOUNG_THRESHOLD)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, frozen, scanned, threshold, wanted = map(int, out.stdout.split())
+    assert frozen > before > 50_000  # TensorFlow alone is far more than this
+    assert scanned < before // 20
+    assert threshold == wanted
