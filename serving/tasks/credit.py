@@ -11,6 +11,7 @@ docs/models.md.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -163,11 +164,9 @@ class CreditTask(Task):
         return Dataset(raw=raw, target=np.asarray(columns["defaulted"], dtype=np.float32))
 
     def records_to_raw(self, records: list[BaseModel]) -> np.ndarray:
-        rows = []
-        for r in records:
-            row = [float(getattr(r, f)) for f in _NUMERIC]
-            rows.append([*row, HOME.index(r.home_ownership), PURPOSE.index(r.purpose)])
-        return np.array(rows, dtype=np.float32)
+        numeric = attrgetter(*_NUMERIC)
+        return np.array([(*numeric(r), HOME.index(r.home_ownership), PURPOSE.index(r.purpose))
+                         for r in records], dtype=np.float32)
 
     def check_raw(self, raw: np.ndarray) -> np.ndarray:
         array = super().check_raw(raw)
