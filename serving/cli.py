@@ -223,6 +223,9 @@ def serve_cmd(
         # The gateway's finserve_* metrics count every answer; HAProxy's own Prometheus
         # exporter counts the ingress. Set it to 1 to have Ray's serve_num_http_* back.
         os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_ENABLED", "0")
+        # HAProxy needs a few % of the CPU the replicas need; Ray's 4 threads on 2 cores
+        # cost 2-7 % of the throughput here (docs/benchmarks.md, row 32)
+        os.environ.setdefault("RAY_SERVE_HAPROXY_NBTHREAD", str(max(1, (os.cpu_count() or 1) // 8)))
         # one machine, no load balancer in front to tell: don't hold Ctrl-C for Ray's 30 s
         # ingress drain (the chart keeps it)
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")

@@ -139,7 +139,7 @@ def test_haproxy_ingress_is_on_by_default_and_can_be_switched_off(tmp_path: Path
     assert flags(write_values(tmp_path, {"serve": {"haproxy": False}})) == {None}
 
 
-def test_haproxy_request_metrics_are_off_by_default_and_its_exporter_is_exposed(
+def test_haproxy_metrics_off_one_thread_and_its_exporter_exposed_by_default(
         tmp_path: Path) -> None:
     def ray_containers(values: Path | None = None) -> list[dict[str, Any]]:
         return [c for label, c in containers(render(values))
@@ -154,10 +154,13 @@ def test_haproxy_request_metrics_are_off_by_default_and_its_exporter_is_exposed(
     default = ray_containers()
     assert {env(c, "RAY_SERVE_HAPROXY_METRICS_ENABLED") for c in default} == {"0"}
     assert {env(c, "RAY_SERVE_HAPROXY_METRICS_PORT") for c in default} == {"9101"}
+    assert {env(c, "RAY_SERVE_HAPROXY_NBTHREAD") for c in default} == {"1"}
     assert all(exporter(c) for c in default)
     on = ray_containers(write_values(tmp_path, {"serve": {"haproxyRequestMetrics": True}},
                                      "on.yaml"))
     assert {env(c, "RAY_SERVE_HAPROXY_METRICS_ENABLED") for c in on} == {"1"}
+    threads = ray_containers(write_values(tmp_path, {"serve": {"haproxyThreads": 4}}, "t.yaml"))
+    assert {env(c, "RAY_SERVE_HAPROXY_NBTHREAD") for c in threads} == {"4"}
     python_proxy = ray_containers(write_values(tmp_path, {"serve": {"haproxy": False}},
                                                "python.yaml"))
     assert not any(exporter(c) for c in python_proxy)

@@ -41,11 +41,14 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _assert_ingress_counted_by_haproxy_not_by_ray(pids: set[int]) -> None:
+def _assert_haproxy_set_up_as_measured(pids: set[int]) -> None:
     """No per-request syslog datagram to Ray's metrics socket (benchmarks/levers.md, row
-    27); HAProxy's own Prometheus exporter counts the requests instead."""
+    27): HAProxy's own Prometheus exporter counts the requests instead; one thread per 8
+    CPUs (row 32)."""
     cmdline = (Path("/proc") / str(min(pids)) / "cmdline").read_bytes().split(b"\0")
     config = Path(cmdline[cmdline.index(b"-f") + 1].decode()).read_text()
+    assert re.search(r"^\s*nbthread (\d+)$", config, re.M).group(1) == str(
+        max(1, (os.cpu_count() or 1) // 8))
     assert "metrics.sock" not in config
     exporter = config.split("frontend prometheus", 1)[1]
     metrics_port = int(re.search(r"bind \S*:(\d+)", exporter).group(1))
@@ -88,7 +91,7 @@ def test_finserve_serve_answers_behind_haproxy_and_releases_the_port_on_sigterm(
         assert r.json()["model"] == "fraud"
         assert _haproxies() - before, "no HAProxy serves the port"
         assert httpx.get(f"http://127.0.0.1:{port}/-/healthz", timeout=10).status_code == 200
-        _assert_ingress_counted_by_haproxy_not_by_ray(_haproxies() - before)
+        _assert_haproxy_set_up_as_measured(_haproxies() - before)
     finally:
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()

@@ -336,6 +336,8 @@ Environment of every Ray container: API keys, model store, extra env.
   value: {{ ternary "1" "0" .Values.serve.haproxyRequestMetrics | quote }}
 - name: RAY_SERVE_HAPROXY_METRICS_PORT
   value: {{ include "finserve.haproxyMetricsPort" . | quote }}
+- name: RAY_SERVE_HAPROXY_NBTHREAD
+  value: {{ .Values.serve.haproxyThreads | int | quote }}
 {{- end }}
 {{- if .Values.serve.throughputOptimized }}
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
