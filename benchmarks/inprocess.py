@@ -12,7 +12,10 @@ from serving.store import SAVED_MODEL_DIR, ModelStore
 from serving.tasks import Step, get_task
 from serving.training import load_signature
 
-BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: powers of two up to 8,192 examples per call: a signature with integrated gradients
+#: (fraud, credit) still gains from 4,096 to 8,192 on two cores, so a sweep that stopped
+#: at 256 (before 2026-12-02, 13:55) under-stated its limit by half or more
+BATCHES = tuple(2**i for i in range(14))
 
 
 def _timed(fn: Callable[[], object], seconds: float) -> list[float]:
@@ -30,7 +33,7 @@ def _timed(fn: Callable[[], object], seconds: float) -> list[float]:
 
 def model_limit(store: ModelStore, model: str, task_name: str, raw: np.ndarray,
                 options: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """Instances/s of the signature per batch size (1..256); the best of them; and the
+    """Instances/s of the signature per batch size (``BATCHES``); the best of them; and the
     p50 of one instance through preprocess + signature (+ postprocess) at batch 1."""
     task = get_task(task_name)
     params = store.manifest(model).preprocessing

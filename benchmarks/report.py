@@ -244,7 +244,7 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
         "(`serving.training.load_signature`) instead of `predict`: a hand-written "
         "single-process server. No audit, auth or limits. |",
         "| (c) in-process | the signature called in the bench process, no HTTP, TensorFlow "
-        "default threads; batch sizes 1-256. |",
+        "default threads; batch sizes 1-8,192 (powers of two). |",
         "",
         "## The model's own limit (c)",
         "",
