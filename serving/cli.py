@@ -188,7 +188,7 @@ def serve_cmd(
 ) -> None:
     """Start an embedded local Ray and serve every model in the Serve config."""
     from deployments.config import load_serve_config
-    from deployments.deploy import haproxy_env, stop_leftover_haproxy
+    from deployments.deploy import haproxy_env, haproxy_tuning, stop_leftover_haproxy
 
     started = time.perf_counter()
     if train:
@@ -218,14 +218,8 @@ def serve_cmd(
         haproxy_dir = tempfile.mkdtemp(prefix="fsh-", dir="/tmp" if os.path.isdir("/tmp")
                                        else None)
         os.environ.update(haproxy_env(haproxy_dir))
-        # Ray's per-request ingress metrics come from one syslog datagram per request that
-        # a Python actor parses: 8-19 % of the throughput here (docs/benchmarks.md, row 27).
-        # The gateway's finserve_* metrics count every answer; HAProxy's own Prometheus
-        # exporter counts the ingress. Set it to 1 to have Ray's serve_num_http_* back.
-        os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_ENABLED", "0")
-        # HAProxy needs a few % of the CPU the replicas need; Ray's 4 threads on 2 cores
-        # cost 2-7 % of the throughput here (docs/benchmarks.md, row 32)
-        os.environ.setdefault("RAY_SERVE_HAPROXY_NBTHREAD", str(max(1, (os.cpu_count() or 1) // 8)))
+        for name, value in haproxy_tuning().items():  # the environment may override
+            os.environ.setdefault(name, value)
         # one machine, no load balancer in front to tell: don't hold Ctrl-C for Ray's 30 s
         # ingress drain (the chart keeps it)
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")

@@ -33,13 +33,13 @@ def replay(trail: str, request_id: str, store: ModelStore, atol: float = 1e-5) -
     batch = steps.preprocess(version, steps.task.check_raw(raw))
     batch = Batch(runner.predict_batch([(version, batch.data)])[0], batch.context)
     outputs = steps.postprocess(version, batch, record.get("parameters"))
+    again = rows(outputs)
     if isinstance(record["outputs"], dict):  # format 3: columns, tensors as the model gave
         then, now = _examples(record["outputs"]), _examples(audit.recorded_outputs(outputs))
     else:  # formats 1 and 2: one dict per example, as the answer lists it
-        then, now = record["outputs"], rows(outputs)
+        then, now = record["outputs"], again
     mismatches = _differences(then, now, atol)
-    return {**result, "matches": not mismatches, "differences": mismatches,
-            "outputs": rows(outputs)}
+    return {**result, "matches": not mismatches, "differences": mismatches, "outputs": again}
 
 
 def _examples(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:

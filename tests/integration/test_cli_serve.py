@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from deployments.deploy import free_port
+from deployments.deploy import free_port, haproxy_tuning
 from tests.conftest import golden
 from tests.integration.conftest import wait_for
 
@@ -47,8 +47,8 @@ def _assert_haproxy_set_up_as_measured(pids: set[int]) -> None:
     CPUs (row 32)."""
     cmdline = (Path("/proc") / str(min(pids)) / "cmdline").read_bytes().split(b"\0")
     config = Path(cmdline[cmdline.index(b"-f") + 1].decode()).read_text()
-    assert re.search(r"^\s*nbthread (\d+)$", config, re.M).group(1) == str(
-        max(1, (os.cpu_count() or 1) // 8))
+    assert re.search(r"^\s*nbthread (\d+)$", config, re.M).group(1) == haproxy_tuning()[
+        "RAY_SERVE_HAPROXY_NBTHREAD"]
     assert "metrics.sock" not in config
     exporter = config.split("frontend prometheus", 1)[1]
     metrics_port = int(re.search(r"bind \S*:(\d+)", exporter).group(1))
