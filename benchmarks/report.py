@@ -24,6 +24,8 @@ SYSTEMS = {
     "finserve-default-task": "FinServe task, Ray's Python proxy",
     "finserve-haproxy-v2": "FinServe V2, HAProxy (beside the Python proxy run)",
     "finserve-haproxy-task": "FinServe task, HAProxy (beside the Python proxy run)",
+    "floor-v2": "Ray Serve floor (no-op app), V2 path",
+    "floor-task": "Ray Serve floor (no-op app), task path",
 }
 C32, C1 = "single c=32", "single c=1"
 
@@ -82,12 +84,16 @@ def targets(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
             share = best["instances_per_s"] / limit
             others = "; ".join(f"c={p['connections']}: {p['instances_per_s'] / limit:.0%}"
                                for p in found if p is not best)
+            floor = pts.get(f"floor-{route}", m, best["scenario"])
             out.append(f"- {_ok(share >= 0.5 and best['errors'] == 0)} {m}, "
                        f"{best['instances']} instances per request, "
                        f"{SYSTEMS['finserve-' + route]}, best at c={best['connections']}: "
                        f"{_f(best['instances_per_s'], 0)} instances/s = {share:.0%} of the "
                        f"in-process limit {_f(limit, 0)}, p99 {_f(best['p99_ms'])} ms "
-                       f"(target ≥ 50%)" + (f" ({others})" if others else ""))
+                       f"(target ≥ 50%)" + (f" ({others})" if others else "")
+                       + (f"; Ray Serve's floor for the same requests: "
+                          f"{floor['instances_per_s'] / limit:.0%} of the limit"
+                          if floor and floor["requests"] else ""))
     for m in models:
         base = r["inprocess"].get(m, {}).get("batch1_pre_call_p50_ms")
         for route in ("v2", "task"):
@@ -185,6 +191,38 @@ def _headroom(ceiling: dict[str, Any] | None, points: list[dict[str, Any]]) -> s
             "so no figure here is the generator's limit.")
 
 
+def _floor_table(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
+    """Batched throughput of the no-op app on FinServe's Ray Serve set-up, against the
+    model's limit and FinServe's."""
+    lines = ["", "## Ray Serve's floor (batched requests)", "",
+             "A no-op application served by `finserve serve` from the same Serve config "
+             "(`benchmarks/floor.py`: HAProxy ingress and its tuning, the gateway's replicas, "
+             "CPUs, `max_ongoing_requests` and logging) that reads each request and answers "
+             "the bytes FinServe answered to it: what Ray Serve's HTTP path alone costs on "
+             "this machine, so the share of the limit no application served this way can "
+             "exceed. Run alone after FinServe stopped.", ""]
+    rows = []
+    for m in models:
+        limit = r["inprocess"].get(m, {}).get("best_instances_per_s")
+        for route in ("v2", "task"):
+            for sc in (s["name"] for s in r["scenarios"] if s["instances"] > 1):
+                floor, fs = pts.get(f"floor-{route}", m, sc), pts.get(f"finserve-{route}", m, sc)
+                if not floor or not floor["requests"]:
+                    continue
+                share = f"{floor['instances_per_s'] / limit:.0%}" if limit else "-"
+                ratio = (f"{fs['instances_per_s'] / floor['instances_per_s']:.0%}" if fs
+                         else "-")
+                rows.append(f"| {m} | {route} | {sc} | {_f(floor['rps'])} | "
+                            f"{_f(floor['instances_per_s'], 0)} | {_f(floor['p99_ms'], 2)} | "
+                            f"{share} | {_f(fs['instances_per_s'], 0) if fs else '-'} | "
+                            f"{ratio} |")
+    if not rows:
+        return [*lines, "Not measured in this run (part `floor`)."]
+    return [*lines, "| model | route | scenario | floor req/s | floor instances/s | floor p99 "
+            "ms | floor ÷ in-process limit | FinServe instances/s | FinServe ÷ floor |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |", *rows]
+
+
 def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
     pts = Points(r["points"])
     models = r["models"]
@@ -245,6 +283,8 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
         "single-process server. No audit, auth or limits. |",
         "| (c) in-process | the signature called in the bench process, no HTTP, TensorFlow "
         "default threads; batch sizes 1-8,192 (powers of two). |",
+        "| Ray Serve floor | a no-op app on FinServe's Ray Serve set-up answering FinServe's "
+        "own answers (`benchmarks/floor.py`); batched requests only. |",
         "",
         "## The model's own limit (c)",
         "",
@@ -289,7 +329,8 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
                                  f"{_f(p['instances_per_s'], 0)} | {_f(p['p50_ms'], 2)} | "
                                  f"{_f(p['p95_ms'], 2)} | {_f(p['p99_ms'], 2)} | {err} | "
                                  f"{_load(p)} |")
-    lines += ["", "## Ray's Python proxy against the HAProxy ingress (sentiment, 1 instance)",
+    lines += [*_floor_table(r, pts, models), "",
+              "## Ray's Python proxy against the HAProxy ingress (sentiment, 1 instance)",
               "", "Two FinServe instances side by side (the shipped HAProxy one kept from the "
               "main comparison and one started with `--proxy python`), measured interleaved "
               "point by point.", ""]
@@ -345,6 +386,10 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
         "stay up meanwhile (an idle Ray costs a little CPU, a cost the baselines bear). Before "
         "each point one request must answer 200; after it the system must drain its backlog "
         "(one fresh request answers) before the next point starts.",
+        "- Ray Serve's floor (after FinServe and the proxy comparison, alone): the bench "
+        "keeps FinServe's answer to each batched body and serves them back from "
+        "`benchmarks/floor.py`, started by `finserve serve` with FinServe's Serve config "
+        "and only the import path changed.",
         "- Autoscaling (last, FinServe alone): `benchmarks/autoscale.py`; the bench joins "
         "FinServe's Ray as a second driver and reads Serve's replica states every 0.2 s. "
         "*Added* is when Serve creates the second Model replica, *serving* when it is "

@@ -27,6 +27,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from benchmarks import floor
 from benchmarks.loadgen import request_headers, require_wrk, wrk
 from benchmarks.systems import ROOT, System, http, python_module
 from deployments.deploy import free_port
@@ -39,7 +40,7 @@ CONCURRENCY = (1, 8, 32, 128)
 #: batched requests at a light and a saturating load: the in-process limit is the model's
 #: best, so the target compares it with the server's best (its capacity), and both show
 BATCH, BATCH_CONCURRENCY = 64, (8, 32)
-PARTS = ("ceiling", "inprocess", "a", "b", "finserve", "haproxy", "autoscale")
+PARTS = ("ceiling", "inprocess", "a", "b", "finserve", "haproxy", "floor", "autoscale")
 app = typer.Typer(add_completion=False)
 
 
@@ -241,7 +242,7 @@ def start(system: System, first_path: str, body: bytes | None,
 def stop(system: System, infos: dict[str, dict[str, Any]]) -> None:
     """Stop once: FinServe gets 45 s for its Ctrl-C path, the other servers 10 s."""
     if system.proc is not None and "stop" not in infos[system.name]:
-        grace = 45.0 if system.name.startswith("finserve") else 10.0
+        grace = 45.0 if Path(system.cmd[0]).name == "finserve" else 10.0
         infos[system.name]["stop"] = system.stop(grace)
         log(f"stopped {system.name}: {infos[system.name]['stop']}")
 
@@ -348,6 +349,7 @@ def main(
                      for part, kind, name in (("a", "keras", "a-keras-predict"),
                                               ("b", "signature", "b-fastapi-signature"))
                      if part in parts]
+        answered: list[str] = []  # models whose batched answers the floor sends back
         try:
             targets: list[Target] = []
             if "finserve" in parts and start(default, *first, infos):
@@ -359,9 +361,10 @@ def main(
                     targets.append(Target(system.name, system.base, "v2"))
             targets.sort(key=lambda t: t.system)
             bench.interleaved(targets, names, SCENARIOS)
+            if "floor" in parts and default.proc is not None and default.proc.poll() is None:
+                answered = save_answers(default.base, names, bodies)
             for system in baselines:
                 stop(system, infos)
-            # the HAProxy ingress beside the default proxy, interleaved, sentiment only
             # Ray's Python proxy beside the shipped HAProxy ingress, interleaved, sentiment
             if "haproxy" in parts and "sentiment" in names:
                 py = finserve("finserve-pyproxy", config, haproxy=False)
@@ -381,6 +384,8 @@ def main(
             for system in [*baselines, default]:
                 if system.name in infos:
                     stop(system, infos)
+        if answered:
+            ray_serve_floor(config, bench, answered, infos)
         if "autoscale" in parts and "sentiment" in names:
             result["autoscale"] = autoscale_step(config, bodies, infos)
     except KeyboardInterrupt:
@@ -401,6 +406,42 @@ def main(
     if docs and not partial and not result.get("interrupted"):
         write_report(result, out, DOC)
         log(f"report: {DOC}")
+
+
+def save_answers(base: str, models: list[str],
+                 bodies: dict[tuple[str, str, int], Path]) -> list[str]:
+    """FinServe's answers to the batched V2 and task bodies, for the floor to send back;
+    the models it answered both for."""
+    shutil.rmtree(floor.ANSWERS, ignore_errors=True)
+    floor.ANSWERS.mkdir(parents=True)
+    answered = []
+    for m in models:
+        statuses = []
+        for route, path in (("v2", f"/v2/models/{m}/infer"), ("task", task_path(m))):
+            body = bodies[(m, route, BATCH)]
+            status, answer = http(base + path, body.read_bytes(),
+                                  headers=request_headers(body))
+            floor.answer_file(path).write_bytes(answer)
+            statuses.append(status)
+        if statuses == [200, 200]:
+            answered.append(m)
+    return answered
+
+
+def ray_serve_floor(config: Path, bench: Bench, models: list[str],
+                    infos: dict[str, dict[str, Any]]) -> None:
+    """The batched scenarios against a no-op app on FinServe's Ray Serve set-up, alone
+    (``models``: those FinServe answered, whose answers the floor sends back)."""
+    system = finserve("ray-serve-floor",
+                      floor.floor_config(config, WORK / "serve-floor.yaml"), True)
+    if not start(system, task_path(models[0]), b"{}", infos):
+        return
+    try:
+        batched = [s for s in SCENARIOS if s.instances > 1]
+        bench.interleaved([Target("floor-task", system.base, "task"),
+                           Target("floor-v2", system.base, "v2")], models, batched)
+    finally:
+        stop(system, infos)
 
 
 def autoscale_step(config: Path, bodies: dict[tuple[str, str, int], Path],
