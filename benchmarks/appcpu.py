@@ -8,8 +8,9 @@ of a served request is FinServe's own work (docs/benchmarks.md, levers row 33).
 
     python -m benchmarks.appcpu fraud --route v2 --concurrency 32 --requests 3200
 
-It rewrites the bench's generated config and bodies (``benchmarks/.work``): not while
-``make bench`` runs.
+Run alone it writes the bench's generated config and bodies for ``model``
+(``benchmarks/.work``), so not while ``make bench`` runs; the bench runs it with its own
+(``--config``, ``--body``).
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ def main(
     audit: Annotated[bool, typer.Option(help="Decision trail as configured.")] = True,
     profile: Annotated[int, typer.Option(help="Print the top N functions by own time.")]
     = 0,
+    config: Annotated[Path | None, typer.Option(help="A Serve config (with --body), as the "
+                                                     "bench passes its own.")] = None,
+    body: Annotated[Path | None, typer.Option(help="The request body (with --config).")]
+    = None,
 ) -> None:
     """Print the gateway app's CPU and wall time per request as JSON."""
     import ray
@@ -108,9 +113,10 @@ def main(
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")  # Ray's metrics
     try:
-        ensure_models([model])
-        config, bodies = write_inputs([model], audit)
-        body = bodies[(model, route, instances)]
+        if config is None or body is None:  # standalone: the bench's inputs for this model
+            ensure_models([model])
+            config, bodies = write_inputs([model], audit)
+            body = bodies[(model, route, instances)]
         path = task_path(model) if route == "task" else f"/v2/models/{model}/infer"
         shutil.rmtree(WORK / "appcpu-audit", ignore_errors=True)
         asgi = gateway_app(config, WORK / "appcpu-audit")

@@ -223,6 +223,40 @@ def _floor_table(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]
             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |", *rows]
 
 
+def _cpu_table(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
+    """Where a batched request's CPU goes at c=32, from this run's figures."""
+    cores = r["machine"]["cores"]
+    batched = [s for s in r["scenarios"] if s["instances"] > 1 and s["connections"] == 32]
+    if not batched:
+        return []
+    sc, n = batched[0]["name"], batched[0]["instances"]
+    lines = ["", f"## Where a {n}-instance request's CPU goes (c=32)", "",
+             f"Machine CPU per request is {cores} cores ÷ requests/s (every core is busy at "
+             "c=32). *App alone* is the gateway app built as a replica builds it and driven "
+             "through its ASGI interface in a process of its own, 32 requests at a time "
+             "(`python -m benchmarks.appcpu`: no HTTP, no Serve replica; its process CPU "
+             "time, the signature's included). The signature's share is "
+             f"{cores} cores * {n} ÷ the in-process limit; the target allows twice that per "
+             "request.", "",
+             "| model | route | FinServe (ms) | app alone (ms) | Ray Serve floor (ms) | "
+             "signature at its limit (ms) | the target's budget (ms) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = []
+    for m in models:
+        limit = r["inprocess"].get(m, {}).get("best_instances_per_s")
+        model_ms = 1000 * cores * n / limit if limit else None
+        for route in ("v2", "task"):
+            fs, floor = pts.get(f"finserve-{route}", m, sc), pts.get(f"floor-{route}", m, sc)
+            alone = (r.get("app_alone") or {}).get(f"{m}/{route}", {})
+            if not fs or not fs["rps"]:
+                continue
+            floor_ms = 1000 * cores / floor["rps"] if floor and floor["rps"] else None
+            rows.append(f"| {m} | {route} | {_f(1000 * cores / fs['rps'], 2)} | "
+                        f"{_f(alone.get('cpu_ms_per_request'), 2)} | {_f(floor_ms, 2)} | "
+                        f"{_f(model_ms, 2)} | {_f(model_ms and 2 * model_ms, 2)} |")
+    return lines + rows if rows else []
+
+
 def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
     pts = Points(r["points"])
     models = r["models"]
@@ -329,7 +363,7 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
                                  f"{_f(p['instances_per_s'], 0)} | {_f(p['p50_ms'], 2)} | "
                                  f"{_f(p['p95_ms'], 2)} | {_f(p['p99_ms'], 2)} | {err} | "
                                  f"{_load(p)} |")
-    lines += [*_floor_table(r, pts, models), "",
+    lines += [*_floor_table(r, pts, models), *_cpu_table(r, pts, models), "",
               "## Ray's Python proxy against the HAProxy ingress (sentiment, 1 instance)",
               "", "Two FinServe instances side by side (the shipped HAProxy one kept from the "
               "main comparison and one started with `--proxy python`), measured interleaved "
@@ -386,6 +420,9 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
         "stay up meanwhile (an idle Ray costs a little CPU, a cost the baselines bear). Before "
         "each point one request must answer 200; after it the system must drain its backlog "
         "(one fresh request answers) before the next point starts.",
+        "- App alone (part `app`, after (c) and before any server starts): "
+        "`benchmarks/appcpu.py` in a subprocess per model and route, with this run's Serve "
+        "config and batched bodies, 3,200 requests (320 in quick mode) after 640 to warm up.",
         "- Ray Serve's floor (after FinServe and the proxy comparison, alone): the bench "
         "keeps FinServe's answer to each batched body and serves them back from "
         "`benchmarks/floor.py`, started by `finserve serve` with FinServe's Serve config "

@@ -40,7 +40,8 @@ CONCURRENCY = (1, 8, 32, 128)
 #: batched requests at a light and a saturating load: the in-process limit is the model's
 #: best, so the target compares it with the server's best (its capacity), and both show
 BATCH, BATCH_CONCURRENCY = 64, (8, 32)
-PARTS = ("ceiling", "inprocess", "a", "b", "finserve", "haproxy", "floor", "autoscale")
+PARTS = ("ceiling", "inprocess", "app", "a", "b", "finserve", "haproxy", "floor",
+         "autoscale")
 app = typer.Typer(add_completion=False)
 
 
@@ -342,6 +343,10 @@ def main(
                 f"{limit['best_batch']}; batch 1 preprocess+call p50 "
                 f"{limit['batch1_pre_call_p50_ms']:.2f} ms")
 
+        # FinServe's gateway app alone, in a process of its own, before any server runs
+        if "app" in parts:
+            result["app_alone"] = app_alone(config, bodies, names, 32 * (10 if quick else 100))
+
         # FinServe first and alone (its cold start), then (a) and (b) beside it, interleaved
         first = (task_path(names[0]), bodies[(names[0], "task", 1)].read_bytes())
         default = finserve("finserve", config, haproxy=True)
@@ -406,6 +411,32 @@ def main(
     if docs and not partial and not result.get("interrupted"):
         write_report(result, out, DOC)
         log(f"report: {DOC}")
+
+
+def app_alone(config: Path, bodies: dict[tuple[str, str, int], Path], models: list[str],
+              requests: int) -> dict[str, Any]:
+    """CPU per batched request of the gateway app alone (``benchmarks.appcpu``), per model
+    and route, at c=32; keyed ``model/route``."""
+    out: dict[str, Any] = {}
+    for m in models:
+        for route in ("v2", "task"):
+            cmd = python_module("benchmarks.appcpu", m, "--route", route, "--config",
+                                str(config), "--body", str(bodies[(m, route, BATCH)]),
+                                "--concurrency", "32", "--requests", str(requests))
+            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
+            if done.returncode or not lines:
+                out[f"{m}/{route}"] = {"error": _tail(done.stderr)}
+                log(f"  app alone {m} {route}: failed ({done.returncode})")
+                continue
+            out[f"{m}/{route}"] = json.loads(lines[-1])
+            log(f"  app alone {m} {route}: {out[f'{m}/{route}']['cpu_ms_per_request']} ms of "
+                f"CPU per {BATCH}-instance request")
+    return out
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def save_answers(base: str, models: list[str],
