@@ -29,8 +29,9 @@ import typer
 app = typer.Typer(add_completion=False)
 
 
-def gateway_app(config: Path, audit_dir: Path) -> Any:
-    """The gateway's ASGI app, built outside Serve, every model at its latest version."""
+def gateway_app(config: Path, audit_dir: Path) -> tuple[Any, bool]:
+    """The gateway's ASGI app, built outside Serve, every model at its latest version, and
+    whether it writes the decision trail."""
     import yaml
     from ray.serve import batching
 
@@ -50,7 +51,7 @@ def gateway_app(config: Path, audit_dir: Path) -> Any:
                  {m["name"]: {} for m in args["models"]})
     gateway.reconfigure({"models": {m["name"]: {"versions": ["latest"]}
                                     for m in args["models"]}})
-    return gateway.__serve_build_asgi_app__()
+    return gateway.__serve_build_asgi_app__(), gateway.recorder is not None
 
 
 async def drive(asgi: Any, path: str, body: bytes, headers: dict[str, str],
@@ -98,7 +99,9 @@ def main(
     instances: Annotated[int, typer.Option(help="Instances per request (1 or 64).")] = 64,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 32,
     requests: Annotated[int, typer.Option(help="Measured requests.")] = 3200,
-    audit: Annotated[bool, typer.Option(help="Decision trail as configured.")] = True,
+    audit: Annotated[bool, typer.Option(help="Decision trail as configured (standalone; "
+                                             "with --config, as that config says).")]
+    = True,
     profile: Annotated[int, typer.Option(help="Print the top N functions by own time.")]
     = 0,
     config: Annotated[Path | None, typer.Option(help="A Serve config (with --body), as the "
@@ -119,7 +122,7 @@ def main(
             body = bodies[(model, route, instances)]
         path = task_path(model) if route == "task" else f"/v2/models/{model}/infer"
         shutil.rmtree(WORK / "appcpu-audit", ignore_errors=True)
-        asgi = gateway_app(config, WORK / "appcpu-audit")
+        asgi, audit = gateway_app(config, WORK / "appcpu-audit")
         content, headers = body.read_bytes(), request_headers(body)
         profiler = cProfile.Profile() if profile else None
 
