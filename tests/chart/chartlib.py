@@ -1,7 +1,9 @@
 """Helm rendering and schema helpers for the chart tests (no cluster needed).
 
 helm comes from PATH or .venv/bin (``make tools`` installs it); the KubeRay CRDs from
-``../shared/third_party/kuberay/crds`` beside the repository, or ``FINSERVE_KUBERAY_CRDS``.
+``../shared/third_party/kuberay/crds`` beside the repository, or ``FINSERVE_KUBERAY_CRDS``;
+the CRDs of the oldest KubeRay the chart supports (Chart.yaml) from
+``FINSERVE_KUBERAY_MIN_CRDS`` or the Go module cache, when there (no network at test time).
 """
 
 from __future__ import annotations
@@ -36,6 +38,33 @@ def crds_dir() -> Path:
     """KubeRay v1.7.0 CRDs: FINSERVE_KUBERAY_CRDS, else shared/ beside the repository."""
     env = os.environ.get("FINSERVE_KUBERAY_CRDS")
     return Path(env) if env else REPO.parent / "shared" / "third_party" / "kuberay" / "crds"
+
+
+def chart_annotation(key: str) -> str:
+    return yaml.safe_load((CHART / "Chart.yaml").read_text())["annotations"][key]
+
+
+#: the oldest KubeRay operator the chart supports and is tested on (Chart.yaml)
+KUBERAY_MIN = chart_annotation("finserve.io/kuberay-min-version")
+
+
+def min_crds_dir() -> Path | None:
+    """The CRDs of KubeRay ``KUBERAY_MIN``: FINSERVE_KUBERAY_MIN_CRDS, else the Go module
+    cache's ``ray-operator@v<version>/config/crd/bases`` (which building the operator
+    fills); None when neither is there."""
+    env = os.environ.get("FINSERVE_KUBERAY_MIN_CRDS")
+    if env:
+        return Path(env)
+    caches = [os.environ.get("GOMODCACHE"),
+              *(str(Path(p) / "pkg" / "mod") for p in os.environ.get("GOPATH", "").split(":")
+                if p),
+              str(Path.home() / "go" / "pkg" / "mod")]
+    for modcache in filter(None, caches):
+        bases = (Path(modcache) / "github.com" / "ray-project" / "kuberay"
+                 / f"ray-operator@v{KUBERAY_MIN}" / "config" / "crd" / "bases")
+        if bases.is_dir():
+            return bases
+    return None
 
 
 @cache
@@ -80,8 +109,11 @@ def template_args(
     sets: Iterable[str] = (),
     api_versions: Iterable[str] = (RAY_API,),
     release: str = "finserve",
+    chart: Path = CHART,
+    flags: Iterable[str] = (),
 ) -> list[str]:
-    args = ["template", release, str(CHART), "--kube-version", f"{K8S_VERSION}.0"]
+    """``helm template`` arguments; ``flags`` are passed as they are (e.g. --is-upgrade)."""
+    args = ["template", release, str(chart), "--kube-version", f"{K8S_VERSION}.0", *flags]
     path = CI_VALUES.get(values, values) if isinstance(values, str) else values
     for file in [path, *extra_files]:
         if file:
@@ -113,6 +145,40 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     found = [o for o in objects if o["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, rendered {len(found)}"
     return found[0]
+
+
+def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    """The object of ``kind`` called ``name``."""
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, rendered {len(found)}"
+    return found[0]
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions) selects
+    ``labels``; {} selects everything."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        ok = {"In": key in labels and labels[key] in values,
+              "NotIn": labels.get(key) not in values,
+              "Exists": key in labels,
+              "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def kuberay_pod_labels(template_labels: dict[str, str], node_type: str, group: str,
+                       cluster: str = "finserve-x7k2p") -> dict[str, str]:
+    """The labels KubeRay gives a Ray pod (v1.6.2 controllers/ray/common/pod.go, labelPod):
+    its own ray.io/* and app.kubernetes.io labels, overridden by the pod template's, except
+    ray.io/node-type, ray.io/group and ray.io/cluster, which it always sets."""
+    fixed = {"ray.io/node-type": node_type, "ray.io/group": group, "ray.io/cluster": cluster}
+    own = {"ray.io/is-ray-node": "yes", "ray.io/identifier": f"{cluster}-{node_type}",
+           "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
+    return {**own, **template_labels, **fixed}
 
 
 def kinds(objects: list[dict[str, Any]]) -> set[str]:
@@ -162,8 +228,10 @@ def strict_crd_schema(node: Any) -> Any:
 
 
 @cache
-def crd_validator(kind_plural: str = "rayservices", version: str = "v1") -> Draft202012Validator:
-    path = crds_dir() / f"ray.io_{kind_plural}.yaml"
+def crd_validator(kind_plural: str = "rayservices", version: str = "v1",
+                  crds: Path | None = None) -> Draft202012Validator:
+    """The strict schema of a KubeRay CRD from ``crds`` (default: ``crds_dir()``)."""
+    path = (crds or crds_dir()) / f"ray.io_{kind_plural}.yaml"
     if not path.is_file():
         pytest.fail(
             f"KubeRay CRD {path} not found: clone the repository with shared/ beside it or "

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from deployments.config import ModelRouting
-from tests.chart.chartlib import RAY_API, one, render, render_error, write_values
+from tests.chart.chartlib import KUBERAY_MIN, RAY_API, one, render, render_error, write_values
 
 pytestmark = pytest.mark.chart
 
@@ -17,7 +17,9 @@ pytestmark = pytest.mark.chart
 def test_missing_kuberay_crds_fail_with_the_operator_install_command() -> None:
     error = render_error(api_versions=())
     assert "KubeRay CRDs are missing" in error
-    assert "helm install kuberay-operator kuberay/kuberay-operator" in error
+    assert f"helm install kuberay-operator kuberay/kuberay-operator --version {KUBERAY_MIN}" in \
+        error
+    assert f"(KubeRay operator >= {KUBERAY_MIN} " in error
     assert "--api-versions ray.io/v1/RayService" in error
 
 
@@ -82,6 +84,14 @@ CROSS_FIELD = {
     "gpu-min-above-max": (
         {"gpuWorker": {"enabled": True, "minReplicas": 3, "maxReplicas": 1}},
         "gpuWorker.minReplicas (3) exceeds gpuWorker.maxReplicas (1)",
+    ),
+    "ray-auth-on-an-old-ray": (
+        {"rayVersion": "2.51.1"},
+        "rayAuth.enabled needs Ray 2.52.0 or newer",
+    ),
+    "podmonitor-behind-the-policy-without-peers": (
+        {"metrics": {"podMonitor": {"enabled": True}}},
+        "networkPolicy.metricsPeers is empty: the NetworkPolicy would block Prometheus",
     ),
     "name-starting-with-a-digit": (
         {"fullnameOverride": "1finserve"},

@@ -16,12 +16,16 @@ from deployments.config import ModelRouting, ModelSettings
 from tests.chart.chartlib import (
     CHART,
     CI_VALUES,
+    KUBERAY_MIN,
     MONITORING_API,
     RAY_API,
     REPO,
     containers,
     crd_validator,
+    crds_dir,
     helm,
+    min_crds_dir,
+    named,
     one,
     render,
     render_error,
@@ -35,6 +39,16 @@ CORE_KINDS = {
     "Secret", "Ingress", "NetworkPolicy", "PodDisruptionBudget", "Pod", "ServiceAccount",
     "PersistentVolumeClaim", "ConfigMap",
 }
+
+#: Values that switch on the RayService's optional parts: with them and the CI values files,
+#: every field the chart can render is rendered.
+OPTIONAL_PARTS = {
+    "pvc-seeded": ["modelStore.type=pvc"],
+    "ray-auth-secret": ["rayAuth.existingSecret=ray-token"],
+    "ray-auth-off": ["rayAuth.enabled=false"],
+}
+ALL_RENDERS = [(name, path, []) for name, path in CI_VALUES.items()] + [
+    (name, None, sets) for name, sets in OPTIONAL_PARTS.items()]
 
 
 @pytest.mark.parametrize("values", list(CI_VALUES))
@@ -58,11 +72,91 @@ def test_every_core_object_validates_against_the_kubernetes_schema(values: str) 
         validate_kubernetes(obj)
 
 
-@pytest.mark.parametrize("values", list(CI_VALUES))
-def test_rayservice_validates_against_the_kuberay_crd(values: str) -> None:
-    rayservice = one(render(values), "RayService")
+@pytest.mark.parametrize(("name", "values", "sets"), ALL_RENDERS, ids=[r[0] for r in ALL_RENDERS])
+def test_rayservice_validates_against_the_kuberay_crd(
+        name: str, values: Path | None, sets: list[str]) -> None:
+    rayservice = one(render(values, sets=sets), "RayService")
     errors = sorted(crd_validator().iter_errors(rayservice), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+#: RayService fields KubeRay v1.7.0's CRD has and v1.6.2's lacks (the tops of the new
+#: subtrees in a diff of the two CRDs' property paths; status left out). The chart supports
+#: KubeRay >= 1.6.2, so it renders none of them. Checked against both CRDs where the v1.6.2
+#: one is at hand (test_the_newer_field_list_is_the_difference_of_the_two_crds).
+NEWER_THAN_MIN = {
+    ".spec.suspend",
+    ".spec.rayClusterConfig.autoscalerOptions.args",
+    ".spec.rayClusterConfig.autoscalerOptions.command",
+    ".spec.rayClusterConfig.gcsFaultToleranceOptions.backend",
+    ".spec.rayClusterConfig.gcsFaultToleranceOptions.storage",
+    ".spec.rayClusterConfig.headGroupSpec.ingressOptions",
+    ".spec.rayClusterConfig.headGroupSpec.template.spec.schedulingGroup",
+    ".spec.rayClusterConfig.historyServerOptions",
+    ".spec.rayClusterConfig.networkPolicy",
+    ".spec.rayClusterConfig.tlsOptions",
+    ".spec.rayClusterConfig.workerGroupSpecs[].priority",
+    ".spec.rayClusterConfig.workerGroupSpecs[].template.spec.schedulingGroup",
+}
+
+
+def object_paths(node: object, prefix: str = "") -> set[str]:
+    """Field paths of a rendered object (list items as ``[]``)."""
+    if isinstance(node, dict):
+        return {p for k, v in node.items() for p in {f"{prefix}.{k}"} | object_paths(
+            v, f"{prefix}.{k}")}
+    if isinstance(node, list):
+        return {p for v in node for p in object_paths(v, prefix + "[]")}
+    return set()
+
+
+def crd_paths(path: Path) -> set[str]:
+    """Property paths of a CRD's v1 schema."""
+    def walk(node: dict, prefix: str) -> set[str]:
+        out = set()
+        for key, sub in (node.get("properties") or {}).items():
+            out |= {f"{prefix}.{key}"} | walk(sub, f"{prefix}.{key}")
+        if isinstance(node.get("items"), dict):
+            out |= walk(node["items"], prefix + "[]")
+        return out
+    crd = yaml.safe_load(path.read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    return walk(version["schema"]["openAPIV3Schema"], "")
+
+
+@pytest.mark.parametrize(("name", "values", "sets"), ALL_RENDERS, ids=[r[0] for r in ALL_RENDERS])
+def test_the_rayservice_uses_no_field_newer_than_the_oldest_supported_kuberay(
+        name: str, values: Path | None, sets: list[str]) -> None:
+    used = object_paths(one(render(values, sets=sets), "RayService"))
+    newer = {p for p in used if any(p == n or p.startswith((n + ".", n + "[]"))
+                                    for n in NEWER_THAN_MIN)}
+    assert not newer, f"fields KubeRay {KUBERAY_MIN} lacks: {sorted(newer)}"
+
+
+def need_min_crds() -> Path:
+    found = min_crds_dir()
+    if found is None:
+        pytest.skip(f"no KubeRay v{KUBERAY_MIN} CRDs here: set FINSERVE_KUBERAY_MIN_CRDS to "
+                    f"its config/crd/bases, or `go mod download github.com/ray-project/kuberay/"
+                    f"ray-operator@v{KUBERAY_MIN}` (the NEWER_THAN_MIN check still runs)")
+    return found
+
+
+@pytest.mark.parametrize(("name", "values", "sets"), ALL_RENDERS, ids=[r[0] for r in ALL_RENDERS])
+def test_rayservice_validates_against_the_oldest_supported_kuberay_crd(
+        name: str, values: Path | None, sets: list[str]) -> None:
+    validator = crd_validator(crds=need_min_crds())
+    rayservice = one(render(values, sets=sets), "RayService")
+    errors = sorted(validator.iter_errors(rayservice), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def test_the_newer_field_list_is_the_difference_of_the_two_crds() -> None:
+    old = crd_paths(need_min_crds() / "ray.io_rayservices.yaml")
+    new = crd_paths(crds_dir() / "ray.io_rayservices.yaml")
+    added = {p for p in new - old if p.startswith(".spec.")}
+    tops = {p for p in added if not any(p.startswith((q + ".", q + "[]")) for q in added)}
+    assert tops == NEWER_THAN_MIN
 
 
 def test_the_strict_crd_schema_rejects_an_unknown_field() -> None:
@@ -72,7 +166,7 @@ def test_the_strict_crd_schema_rejects_an_unknown_field() -> None:
 
 
 def test_the_kubernetes_validation_rejects_an_unknown_field() -> None:
-    pdb = one(render(), "PodDisruptionBudget")
+    pdb = named(render(), "PodDisruptionBudget", "finserve-head")
     pdb["spec"]["selectr"] = pdb["spec"].pop("selector")
     with pytest.raises(kubernetes_validate.ValidationError, match="'selectr' was unexpected"):
         validate_kubernetes(pdb)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from importlib import metadata
 from pathlib import Path
@@ -283,8 +284,10 @@ def test_the_chart_serves_whatever_models_the_values_list(tmp_path: Path) -> Non
     assert Routing.model_validate(gateway_user_config(app)).of("fraud-eu").versions == [
         "3", "2"]
     assert args.model("fraud-eu").model.autoscaling.max_replicas == 6
-    script = one(objects, "Pod")["spec"]["containers"][0]["args"][0]
-    assert "/v2/models/fraud-eu/infer" in script
+    (container,) = one(objects, "Pod")["spec"]["containers"]
+    plan = json.loads(next(e["value"] for e in container["env"]
+                           if e["name"] == "FINSERVE_TEST_PLAN"))
+    assert "fraud-eu" in [c["model"] for c in plan["infer"]]  # a fraud task: it has a sample
 
 
 def _diff(a: Any, b: Any, path: str = "") -> list[str]:

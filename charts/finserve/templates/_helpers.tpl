@@ -45,14 +45,25 @@ Chart label value.
 {{- end }}
 
 {{/*
-Common labels.
+Common labels of the chart's top-level objects: the stable labels plus the chart and app
+versions.
 */}}
 {{- define "finserve.labels" -}}
 helm.sh/chart: {{ include "finserve.chart" . }}
-{{ include "finserve.selectorLabels" . }}
 {{- if .Chart.AppVersion }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
+{{ include "finserve.stableLabels" . }}
+{{- end }}
+
+{{/*
+Labels that do not change when the chart or the app version does: the selector labels, the
+manager, the suite and commonLabels. The Ray pod templates carry only these: KubeRay hashes
+the whole rayClusterConfig (pod template labels included) and brings up a new RayCluster when
+the hash changes, so a version label there would replace the Ray cluster on every chart bump.
+*/}}
+{{- define "finserve.stableLabels" -}}
+{{ include "finserve.selectorLabels" . }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: finserve
 {{- with .Values.commonLabels }}
@@ -69,10 +80,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-Labels of every Ray pod (head and workers); NetworkPolicy and PDB select on them.
+Labels of every Ray pod template (head and workers); NetworkPolicy, PDBs and the PodMonitor
+select on them. Stable labels only (see finserve.stableLabels): no chart or app version.
 */}}
 {{- define "finserve.rayPodLabels" -}}
-{{ include "finserve.labels" . }}
+{{ include "finserve.stableLabels" . }}
+app.kubernetes.io/component: ray
+{{- end }}
+
+{{/* Selector of this release's Ray pods (both RayClusters during a blue/green switch). */}}
+{{- define "finserve.raySelectorLabels" -}}
+{{ include "finserve.selectorLabels" . }}
 app.kubernetes.io/component: ray
 {{- end }}
 
@@ -116,13 +134,55 @@ API keys Secret name and the mounted file.
 {{- end }}
 
 {{/*
+The inferences the helm test sends with its key, as JSON [{model, body}]: every model the
+chart has a sample request for. The generated helm-test key may call exactly these models.
+*/}}
+{{- define "finserve.testInferences" -}}
+{{- $out := list }}
+{{- range $model := .Values.serve.app.models }}
+{{- $body := include "finserve.sampleRequest" $model }}
+{{- if $body }}
+{{- $out = append $out (dict "model" $model.name "body" $body) }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+"true" when the chart writes the key file and adds a generated helm-test key to it: with
+apiKeys.testKey.enabled, no apiKeys.existingSecret and at least one model to infer.
+*/}}
+{{- define "finserve.generatesTestKey" -}}
+{{- if and .Values.apiKeys.testKey.enabled (not .Values.apiKeys.existingSecret) (include "finserve.testInferences" . | fromJsonArray) }}true{{ end }}
+{{- end }}
+
+{{/*
+The Secret a chart-generated value lives in, from the cluster (`lookup`), or {} on a first
+install. lookup has no cluster in `helm template`, `helm upgrade --dry-run=client`, helm diff
+or Argo CD: there an install renders a new random value every time (the documented
+production path gives existing Secrets instead), and an upgrade fails here rather than
+replace the value the running release uses. Arguments: (list $ name what fix).
+*/}}
+{{- define "finserve.keptSecret" -}}
+{{- $ctx := index . 0 }}
+{{- $name := index . 1 }}
+{{- $existing := lookup "v1" "Secret" $ctx.Release.Namespace $name }}
+{{- if and $ctx.Release.IsUpgrade (not $existing) }}
+{{- fail (printf "cannot read the Secret %s in namespace %s, which keeps %s: this upgrade is rendered without the cluster (helm template --is-upgrade, helm upgrade --dry-run=client, helm diff, Argo CD), where lookup finds nothing, or the Secret was deleted. A new random value would replace the one the release uses. Render against the cluster (helm upgrade, or --dry-run=server), or manage it yourself: %s (docs/kubernetes.md, section 3)." $name $ctx.Release.Namespace (index . 2) (index . 3)) }}
+{{- end }}
+{{- toJson $existing }}
+{{- end }}
+
+{{/*
 Plaintext of the generated helm-test key (fsk_helm-test_<secret>): kept from the installed
 Secret, else generated once per render (memoized, so the key file and the plaintext agree).
 */}}
 {{- define "finserve.testKey" -}}
 {{- if not (hasKey .Values.apiKeys "_generatedTestKey") }}
-{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "finserve.apiKeysSecretName" .) }}
+{{- $fix := "create the key file Secret and a helm-test key Secret and set apiKeys.existingSecret and apiKeys.testKey.existingSecret, or set apiKeys.testKey.enabled=false for this upgrade (the next one adds a new key)" }}
+{{- $existing := include "finserve.keptSecret" (list . (include "finserve.apiKeysSecretName" .) "the generated helm-test key" $fix) | fromJson }}
 {{- $key := (dig "data" "test-api-key" "" $existing) | b64dec }}
+{{- $_ := set .Values.apiKeys "_testKeyGenerated" (not $key) }}
 {{- if not $key }}
 {{- $key = printf "fsk_helm-test_%s" (randAlphaNum 43) }}
 {{- end }}
@@ -139,9 +199,30 @@ Where the helm test pod finds a plaintext key: {name, key}, or empty when there 
 {{- with .Values.apiKeys.testKey.existingSecret }}
 {{- toYaml (dict "name" . "key" "api-key") }}
 {{- end }}
-{{- else if .Values.apiKeys.testKey.enabled }}
+{{- else if include "finserve.generatesTestKey" . }}
 {{- toYaml (dict "name" (include "finserve.apiKeysSecretName" .) "key" "test-api-key") }}
 {{- end }}
+{{- end }}
+
+{{/*
+What this render generated rather than read back from the cluster ("" when nothing): the
+helm-test key and the audit token key. NOTES.txt names them.
+*/}}
+{{- define "finserve.generatedSecrets" -}}
+{{- $new := list }}
+{{- if include "finserve.generatesTestKey" . }}
+{{- $_ := include "finserve.testKey" . }}
+{{- if .Values.apiKeys._testKeyGenerated }}{{ $new = append $new "the helm-test key" }}{{ end }}
+{{- end }}
+{{- if and (not .Values.audit.tokenKeySecret) (not (dig "data" "token-key" "" (lookup "v1" "Secret" .Release.Namespace (include "finserve.auditSecretName" .)))) }}
+{{- $new = append $new "the audit token key" }}
+{{- end }}
+{{- join " and " $new }}
+{{- end }}
+
+{{/* Name of the Secret holding the audit token key (given, or the chart's). */}}
+{{- define "finserve.auditSecretName" -}}
+{{- default (printf "%s-audit" (include "finserve.fullname" .)) .Values.audit.tokenKeySecret }}
 {{- end }}
 
 {{/*
@@ -170,7 +251,13 @@ Cross-field rules and the KubeRay CRD check; each failure says how to fix the va
 */}}
 {{- define "finserve.validate" -}}
 {{- if not (or .Values.kuberay.skipCRDCheck (.Capabilities.APIVersions.Has "ray.io/v1/RayService")) }}
-{{- fail "the KubeRay CRDs are missing: this cluster does not serve ray.io/v1 RayService. Install the KubeRay operator first:\n  helm repo add kuberay https://ray-project.github.io/kuberay-helm/\n  helm install kuberay-operator kuberay/kuberay-operator --version 1.7.0\n(to render without a cluster, pass --api-versions ray.io/v1/RayService or --set kuberay.skipCRDCheck=true)" }}
+{{- fail (printf "the KubeRay CRDs are missing: this cluster does not serve ray.io/v1 RayService. Install the KubeRay operator (%s) first:\n  helm repo add kuberay https://ray-project.github.io/kuberay-helm/\n  helm install kuberay-operator kuberay/kuberay-operator --version %s\n(to render without a cluster, pass --api-versions ray.io/v1/RayService or --set kuberay.skipCRDCheck=true)" (index .Chart.Annotations "finserve.io/requires") (index .Chart.Annotations "finserve.io/kuberay-min-version")) }}
+{{- end }}
+{{- if and .Values.rayAuth.enabled (semverCompare "<2.52.0-0" .Values.rayVersion) }}
+{{- fail (printf "rayAuth.enabled needs Ray 2.52.0 or newer (KubeRay refuses authOptions.mode token below it), but rayVersion is %s: use an image with a newer Ray and set rayVersion to it." .Values.rayVersion) }}
+{{- end }}
+{{- if and .Values.metrics.podMonitor.enabled .Values.networkPolicy.enabled (not .Values.networkPolicy.metricsPeers) }}
+{{- fail "metrics.podMonitor.enabled is true but networkPolicy.metricsPeers is empty: the NetworkPolicy would block Prometheus from the metrics ports. List the peers Prometheus scrapes from, e.g. --set networkPolicy.metricsPeers[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring (the namespace Prometheus runs in), or set networkPolicy.enabled=false." }}
 {{- end }}
 {{- if not (regexMatch "^[a-z]" (include "finserve.rayServiceName" .)) }}
 {{- fail (printf "the RayService name %q must start with a letter (KubeRay requires a DNS-1035 label): set fullnameOverride, e.g. fullnameOverride=finserve." (include "finserve.rayServiceName" .)) }}
@@ -303,7 +390,7 @@ Environment of every Ray container: API keys, model store, extra env.
 - name: {{ dig "audit" "token_key_env" "FINSERVE_TOKEN_KEY" .Values.serve.app }}
   valueFrom:
     secretKeyRef:
-      name: {{ default (printf "%s-audit" (include "finserve.fullname" .)) .Values.audit.tokenKeySecret }}
+      name: {{ include "finserve.auditSecretName" . }}
       key: token-key
 {{- if eq .Values.modelStore.type "s3" }}
 {{- with .Values.modelStore.s3.region }}
@@ -351,16 +438,15 @@ Environment of every Ray container: API keys, model store, extra env.
 {{- end }}
 
 {{/*
-Volumes of every Ray pod and their mounts in the Ray container.
+Volumes of every Ray pod and their mounts in the Ray container. No /dev/shm: KubeRay adds a
+memory-backed emptyDir there sized to the Ray container's memory limit when the container
+mounts nothing at /dev/shm (and rayStartParams set no plasma-directory), and Ray's default
+object store (30 % of the memory) then fits in it.
 */}}
 {{- define "finserve.rayVolumes" -}}
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpVolume.sizeLimit }}
-- name: dshm
-  emptyDir:
-    medium: Memory
-    sizeLimit: {{ .Values.sharedMemory.sizeLimit }}
 - name: api-keys
   secret:
     secretName: {{ include "finserve.apiKeysSecretName" . }}
@@ -372,16 +458,14 @@ Volumes of every Ray pod and their mounts in the Ray container.
 {{- if eq .Values.modelStore.type "pvc" }}
 - name: model-store
   persistentVolumeClaim:
+    # read-only per mount (the Ray container), so the head's seed init container may write
     claimName: {{ include "finserve.storeClaimName" . }}
-    readOnly: {{ .Values.modelStore.pvc.readOnly }}
 {{- end }}
 {{- end }}
 
 {{- define "finserve.rayVolumeMounts" -}}
 - name: tmp
   mountPath: /tmp
-- name: dshm
-  mountPath: /dev/shm
 - name: api-keys
   mountPath: {{ .Values.apiKeys.mountPath }}
   readOnly: true
@@ -404,6 +488,48 @@ securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 volumes:
   {{- include "finserve.rayVolumes" . | nindent 2 }}
+{{- end }}
+
+{{/*
+"true" when the head seeds the model store claim: modelStore.type pvc, a claim the chart
+creates, and modelStore.pvc.seedFromImage.
+*/}}
+{{- define "finserve.seedsStore" -}}
+{{- if and (eq .Values.modelStore.type "pvc") (not .Values.modelStore.pvc.existingClaim) .Values.modelStore.pvc.seedFromImage }}true{{ end }}
+{{- end }}
+
+{{/*
+The head's init container that seeds a chart-made claim from the image's baked store: every
+model the claim lacks is copied into a hidden folder, then renamed into place (the store
+ignores hidden folders, so a copy cut short is never read); a model the claim has is never
+touched, so versions published into the claim stay as they are. It runs before Ray starts on
+the head, so before any worker (they wait for the head's GCS) loads a model.
+*/}}
+{{- define "finserve.seedContainer" -}}
+- name: seed-model-store
+  image: {{ include "finserve.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: [/bin/sh, -ec]
+  args:
+    - |
+      src={{ .Values.modelStore.image.path }}; dst={{ .Values.modelStore.pvc.mountPath }}
+      for model in "$src"/*/; do
+        [ -d "$model" ] || continue
+        name=$(basename "$model")
+        case $name in .*) continue ;; esac
+        if [ -e "$dst/$name" ]; then echo "model store: $name is in the claim, kept"; continue; fi
+        rm -rf "$dst/.seed-$name"
+        cp -R "$model" "$dst/.seed-$name"
+        mv "$dst/.seed-$name" "$dst/$name"
+        echo "model store: seeded $name from the image"
+      done
+  resources:
+    {{- toYaml .Values.head.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    - name: model-store
+      mountPath: {{ .Values.modelStore.pvc.mountPath }}
 {{- end }}
 
 {{/*
