@@ -700,6 +700,13 @@ _TRANSIENT_HELM = ("connection refused", "kubernetes cluster unreachable", "i/o 
                    "etcdserver: request timed out", "too many requests")
 
 
+# Helm 4 applies server-side. KubeRay updates the RayService once (adding its finalizer) and
+# so co-owns fields Helm renders, the whole worker group list among them (an atomic list):
+# any change to a worker group (a new image, resources) conflicts unless Helm takes the
+# fields back. Helm is the spec's owner; KubeRay writes only defaults there.
+FORCE_CONFLICTS = ("--force-conflicts",)
+
+
 class HelmError(RuntimeError):
     """helm exited non-zero; the message is its output."""
 
@@ -735,7 +742,8 @@ class Helm:
     def upgrade(self, release: str, chart: str, values_files: Sequence[str] = (),
                 set_values: Sequence[str] = ()) -> None:
         """Install or upgrade, keeping the release's values under the new overrides."""
-        args = ["upgrade", "--install", release, chart, "--reset-then-reuse-values"]
+        args = ["upgrade", "--install", release, chart, "--reset-then-reuse-values",
+                *FORCE_CONFLICTS]
         for file in values_files:
             args += ["--values", file]
         for item in set_values:
@@ -753,7 +761,7 @@ class Helm:
             raise
 
     def rollback(self, release: str, revision: int) -> None:
-        self.run("rollback", release, str(revision))
+        self.run("rollback", release, str(revision), *FORCE_CONFLICTS)
 
     def values(self, release: str) -> dict[str, Any]:
         """The release's computed values (chart defaults included)."""

@@ -9,6 +9,7 @@ the CRDs of the oldest KubeRay the chart supports (Chart.yaml) from
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -253,3 +254,13 @@ def write_values(tmp_path: Path, values: dict[str, Any], name: str = "values.yam
     path = tmp_path / name
     path.write_text(yaml.safe_dump(values, sort_keys=False))
     return path
+
+
+UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+         "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity ("8Gi", "512Mi", "1G", "1073741824") in bytes."""
+    number, unit = re.fullmatch(r"([0-9.]+)([kMGT]i?)?", str(quantity)).groups()
+    return int(float(number) * UNITS[unit or ""])

@@ -10,7 +10,6 @@ GenerateHashWithoutReplicasAndWorkersToDelete), Ray's from the installed Ray
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,22 +26,13 @@ from tests.chart.chartlib import (
     named,
     one,
     pod_specs,
+    quantity_bytes,
     render,
     selects,
     write_values,
 )
 
 pytestmark = pytest.mark.chart
-
-UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-         "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
-
-
-def quantity_bytes(quantity: str) -> int:
-    """A Kubernetes memory quantity ("8Gi", "512Mi", "1G", "1073741824") in bytes."""
-    number, unit = re.fullmatch(r"([0-9.]+)([kMGT]i?)?", str(quantity)).groups()
-    return int(float(number) * UNITS[unit or ""])
-
 
 def ray_groups(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """(name, group spec) of the head and every worker group."""
@@ -261,3 +251,24 @@ def test_the_seed_copies_only_models_the_claim_lacks_and_never_a_half_copy(
     assert ModelStore(claim).versions("fraud") == ["3"]
     assert not list(claim.glob(".seed-*"))
     assert "seeded" not in run()  # a second start changes nothing
+
+
+def test_ray_pod_templates_leave_the_app_name_label_to_kuberay() -> None:
+    """KubeRay labels every Ray pod app.kubernetes.io/name=kuberay and selects on it for the
+    RayService's `<name>-head-svc`; a template that sets it leaves that Service empty."""
+    for name, group in ray_groups(render(sets=["gpuWorker.enabled=true"])):
+        labels = group["template"]["metadata"]["labels"]
+        assert "app.kubernetes.io/name" not in labels, name
+        assert labels["app.kubernetes.io/instance"] == "finserve", name
+
+
+def test_worker_groups_carry_the_defaults_kuberay_writes_back() -> None:
+    """KubeRay's one Update of the RayService writes numOfHosts, scaleStrategy and port
+    protocols into the worker group list and so co-owns it; rendering the same values keeps
+    Helm 4's server-side apply of an unrelated change free of conflicts."""
+    for name, group in ray_groups(render(sets=["gpuWorker.enabled=true"])):
+        if name != "head":
+            assert group["numOfHosts"] == 1 and group["scaleStrategy"] == {}, name
+        for container in group["template"]["spec"]["containers"]:
+            for port in container.get("ports", []):
+                assert port["protocol"] == "TCP", (name, port)

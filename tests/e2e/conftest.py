@@ -11,9 +11,7 @@ the namespace afterwards for a look.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,42 +82,33 @@ class Release:
                 "--set", f"image.tag={self.image_tag}"]
 
 
-def _secrets(namespace: str, tmp: Path) -> str:
-    """docs/kubernetes.md section 3: the API key file (hashes), the helm-test key, the audit
-    token key, as Secrets made before the install. Returns the e2e caller's key."""
-    from serving.security import new_key, write_keys
+def _caller_key(tmp: Path) -> tuple[str, Path]:
+    """A key of our own that may call every model (the generated helm-test key is scoped and
+    slow on purpose), given to the chart as docs/kubernetes.md section 3 says: its hash in
+    `apiKeys.keys`. Returns the key and the values file."""
+    from serving.security import new_key
 
-    caller, caller_entry = new_key("e2e", models=["*"])
-    test, test_entry = new_key("helm-test", rate_per_s=5)
-    keys = tmp / "keys.yaml"
-    write_keys(str(keys), [caller_entry, test_entry])
-    (tmp / "helm-test.key").write_text(test)
-    kubectl("-n", namespace, "create", "secret", "generic", "finserve-api-keys",
-            f"--from-file={keys}")
-    kubectl("-n", namespace, "create", "secret", "generic", "finserve-helm-test-key",
-            f"--from-file=api-key={tmp / 'helm-test.key'}")
-    kubectl("-n", namespace, "create", "secret", "generic", "finserve-audit-token-key",
-            f"--from-literal=token-key={secrets.token_hex(32)}")
-    assert hashlib.sha256  # keys are stored hashed by write_keys; nothing else to do here
-    return caller
+    key, entry = new_key("e2e", models=["*"])
+    values = tmp / "e2e-key.yaml"
+    values.write_text(yaml.safe_dump({"apiKeys": {"keys": [entry.model_dump(exclude_none=True)]}}))
+    return key, values
 
 
 @pytest.fixture(scope="session")
 def release(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
-    """The chart installed in a fresh namespace as docs/kubernetes.md sections 3-4 say, with
-    only the image set besides the documented Secrets; waited on with `finserve rollout
-    status`. Uninstalled, and the namespace deleted, at the end of the session."""
+    """The chart installed in a fresh namespace with its default values, the image and a
+    caller's key hash (docs/kubernetes.md sections 3-4; the chart generates the helm-test key
+    and the audit token key), waited on with `finserve rollout status`. Uninstalled, and the
+    namespace deleted, at the end of the session."""
     kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait", timeout=600)
     kubectl("create", "namespace", NAMESPACE)
     repo, tag = image()
-    rel = Release(NAMESPACE, RELEASE, _secrets(NAMESPACE, tmp_path_factory.mktemp("keys")),
-                  repo, tag)
+    key, key_values = _caller_key(tmp_path_factory.mktemp("keys"))
+    rel = Release(NAMESPACE, RELEASE, key, repo, tag)
     started = time.monotonic()
     try:
         helm("install", RELEASE, str(CHART), "-n", NAMESPACE, *rel.image_sets(),
-             "--set", "apiKeys.existingSecret=finserve-api-keys",
-             "--set", "apiKeys.testKey.existingSecret=finserve-helm-test-key",
-             "--set", "audit.tokenKeySecret=finserve-audit-token-key", timeout=600)
+             "-f", str(key_values), timeout=600)
         wait_until("the release rolled out (finserve rollout status exit 0)",
                    lambda: run(finserve(), "rollout", "status", "-n", NAMESPACE, "--release",
                                RELEASE, check=False).returncode == 0, timeout=1500, interval=10)

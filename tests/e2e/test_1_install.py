@@ -9,8 +9,9 @@ import re
 import httpx
 import pytest
 
+from tests.chart.chartlib import quantity_bytes
 from tests.e2e.conftest import Release
-from tests.e2e.kube import active_cluster, head_pod, helm, kubectl, ray_pods, rayservice, running
+from tests.e2e.kube import helm, kubectl, ray_pods, rayservice, running
 from tests.integration.conftest import ALL_MODELS
 from tests.reliability.load import bodies, task_path
 
@@ -51,7 +52,9 @@ def test_every_model_answers_its_task_route_and_v2(release: Release, model: str)
     ("a wrong shape", "/v2/models/fraud/infer",
      b'{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 3], '
      b'"data": [1, 2, 3]}]}', True, 422),
-    ("an unknown model", "/v2/models/no-such-model/infer", b'{"inputs": []}', True, 404),
+    ("an unknown model", "/v2/models/no-such-model/infer",
+     b'{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 1], "data": [1]}]}',
+     True, 404),
     ("no API key", "/v2/models/fraud/infer", b'{"inputs": []}', False, 401),
 ])
 def test_bad_input_gets_its_4xx_as_json(release: Release, what: str, path: str,
@@ -63,21 +66,21 @@ def test_bad_input_gets_its_4xx_as_json(release: Release, what: str, path: str,
 
 
 def test_rays_object_store_is_in_shared_memory_at_the_size_ray_wants(release: Release) -> None:
-    """No Ray node fell back to /tmp for its object store (Ray warns when /dev/shm is
-    smaller than the store it wants), and the store Ray reports is the size /dev/shm holds."""
+    """Every Ray node's raylet put its object store in /dev/shm (not the /tmp fallback), at
+    the size Ray chose (30 % of the memory limit), and /dev/shm is the memory-backed volume
+    KubeRay sized to the container's memory limit."""
     for pod in running(ray_pods(release.namespace)):
         name = pod["metadata"]["name"]
-        logs = kubectl("-n", release.namespace, "exec", name, "-c", "ray-head"
-                       if pod["metadata"]["labels"]["ray.io/node-type"] == "head" else
-                       "ray-worker", "--", "bash", "-c",
-                       "cat /tmp/ray/session_latest/logs/raylet.out; df -B1 /dev/shm")
-        assert "falling back" not in logs.lower() and "/tmp instead of /dev/shm" not in logs, \
-            f"{name}: object store not in shared memory:\n{logs[-2000:]}"
-        shm = int(logs.strip().splitlines()[-1].split()[1])
-        store = re.search(r"object_store_memory[\"=: ]+(\d+)", logs)
-        if store:
-            assert int(store.group(1)) <= shm, (name, store.group(1), shm)
-    head = head_pod(release.namespace, active_cluster(release.namespace))
-    status = kubectl("-n", release.namespace, "exec", head, "-c", "ray-head", "--",
-                     "ray", "status")
-    assert "objectStoreMemory" in status or "object_store_memory" in status, status
+        container = next(c for c in pod["spec"]["containers"] if c["name"].startswith("ray-"))
+        limit = container["resources"]["limits"]["memory"]
+        out = kubectl("-n", release.namespace, "exec", name, "-c", container["name"], "--",
+                      "bash", "-c", "df -B1 --output=size /dev/shm | tail -1; "
+                      "grep -h -E 'Plasma store to use|Starting object store' "
+                      "/tmp/ray/session_latest/logs/raylet.out")
+        shm = int(out.splitlines()[0])
+        directory = re.search(r"Starting object store with directory (\S+),", out)
+        store = re.search(r"Plasma store to use up to ([\d.]+)GB", out)
+        assert directory and store, f"{name}: raylet did not log its object store:\n{out}"
+        assert directory.group(1) == "/dev/shm", f"{name}: object store in {directory.group(1)}"
+        assert float(store.group(1)) * 1e9 <= shm, f"{name}: store {store.group(1)} GB > {shm}"
+        assert shm == quantity_bytes(limit), f"{name}: /dev/shm {shm} B, memory limit {limit}"

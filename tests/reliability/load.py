@@ -61,9 +61,9 @@ class Ledger:
     """Request ids sent to prediction routes (one prefix per session) and the status each got
     (None: no answer); ``baseline`` is the number of decision records before the first."""
 
-    def __init__(self, trail: Path) -> None:
+    def __init__(self, trail: Path | None = None) -> None:
         self.prefix = f"rel-{uuid.uuid4().hex[:8]}-"
-        self.baseline = sum(1 for _ in read_records(str(trail)))
+        self.baseline = sum(1 for _ in read_records(str(trail))) if trail else 0
         self.status: dict[str, int | None] = {}
         self._lock = threading.Lock()
 
@@ -133,9 +133,10 @@ class Load:
     """``clients`` threads posting a random mix of ``calls`` until ``stop()``."""
 
     def __init__(self, base_url: str, calls: list[tuple[str, bytes]], ledger: Ledger,
-                 clients: int = 16, timeout: float = 60) -> None:
+                 clients: int = 16, timeout: float = 60,
+                 headers: dict[str, str] | None = None) -> None:
         self.base_url, self.calls, self.ledger = base_url, calls, ledger
-        self.timeout = timeout
+        self.timeout, self.headers = timeout, headers or {}
         self.tally = Tally()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
@@ -161,7 +162,7 @@ class Load:
 
     def _client(self, seed: int) -> None:
         rng = random.Random(seed)
-        headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json", **self.headers}
         with httpx.Client(base_url=self.base_url, timeout=self.timeout) as http:
             while not self._stop.is_set():
                 path, body = rng.choice(self.calls)

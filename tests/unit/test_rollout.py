@@ -1092,12 +1092,12 @@ def test_helm_runner_builds_the_commands_a_rollout_needs() -> None:
     helm = ro.Helm("helm", namespace="banking", kube_context="prod", run=run)
     helm.upgrade("finserve", "charts/finserve", ["a.yaml"], ["image.tag=2"])
     assert argv[-1] == ["helm", "upgrade", "--install", "finserve", "charts/finserve",
-                        "--reset-then-reuse-values", "--values", "a.yaml", "--set", "image.tag=2",
-                        "--namespace", "banking", "--kube-context", "prod"]
+                        "--reset-then-reuse-values", "--force-conflicts", "--values", "a.yaml",
+                        "--set", "image.tag=2", "--namespace", "banking", "--kube-context", "prod"]
     assert helm.history("finserve")[0]["description"] == "Install complete"
     assert helm.history("missing") == []
     helm.rollback("finserve", 4)
-    assert argv[-1][:4] == ["helm", "rollback", "finserve", "4"]
+    assert argv[-1][:5] == ["helm", "rollback", "finserve", "4", "--force-conflicts"]
 
 
 def test_status_command_exit_codes(monkeypatch: pytest.MonkeyPatch) -> None:

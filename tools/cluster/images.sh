@@ -4,6 +4,7 @@
 #   localhost/finserve-pause:1          the pod sandbox (images/pause.c, static)
 #   localhost/coredns:<version>         CoreDNS from .cluster/bin
 #   localhost/kuberay-operator:<version> the KubeRay operator from .cluster/bin
+#   localhost/traefik:<version>         the ingress controller from .cluster/bin
 #   finserve:<tag>                       the project's Dockerfile on a Python 3.11 base made
 #                                        from Debian's packages (images/base.Dockerfile)
 #
@@ -105,4 +106,5 @@ start_docker
 build_pause
 build_scratch "localhost/coredns:$(module_version "$CLUSTER_TOOLS/coredns/go.mod" github.com/coredns/coredns)" "$CLUSTER_DIR/bin/coredns" /coredns
 build_scratch "localhost/kuberay-operator:$(module_version "$CLUSTER_TOOLS/kuberay/go.mod" github.com/ray-project/kuberay/ray-operator)" "$CLUSTER_DIR/bin/kuberay-operator" /manager  # the path its Deployment runs
+build_scratch "localhost/traefik:$(module_version "$CLUSTER_TOOLS/ingress/go.mod" github.com/traefik/traefik/v3)" "$CLUSTER_DIR/bin/ingress-controller" /traefik
 build_finserve

@@ -2,8 +2,9 @@
 # `make cluster`: a real single-node Kubernetes cluster on this machine, built from source.
 #
 # Builds (tools/cluster/build.sh) and starts etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, a kubelet on Debian's containerd, kube-proxy (iptables mode), CoreDNS and
-# the KubeRay operator (both as pods), with certificates made here. Writes
+# kube-scheduler, a kubelet on Debian's containerd, kube-proxy (iptables mode), and as pods
+# CoreDNS, the KubeRay operator and Traefik (the default IngressClass), with certificates
+# made here. Writes
 # .cluster/kubeconfig, installs the operator's own CRDs, advertises one `nvidia.com/gpu` on
 # the node (an extended resource: GPU pods schedule, no CUDA exists here) and returns when the
 # node is Ready, DNS answers and the operator runs. No image is pulled: all are built here.
@@ -206,9 +207,13 @@ patches:
 EOF
   kctl create namespace kuberay-system --dry-run=client -o yaml | kctl apply -f - >/dev/null
   kctl apply --server-side --force-conflicts -k "$kustomize" >/dev/null
+  sed -e "s|@TRAEFIK_IMAGE@|localhost/traefik:$(module_version "$CLUSTER_TOOLS/ingress/go.mod" github.com/traefik/traefik/v3)|" \
+      "$CLUSTER_TOOLS/manifests/traefik.yaml" | kctl apply -f - >/dev/null
   wait_for "CoreDNS answering" 120 dns_answers
   wait_for "KubeRay operator $kuberay_version" 180 \
     kctl -n kuberay-system wait deploy/kuberay-operator --for condition=Available --timeout 1s
+  wait_for "Traefik ingress controller" 120 \
+    kctl -n traefik wait deploy/traefik --for condition=Available --timeout 1s
 }
 
 mkdir -p "$CLUSTER_DIR/run" "$CLUSTER_DIR/logs"

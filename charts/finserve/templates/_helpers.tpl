@@ -81,16 +81,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 Labels of every Ray pod template (head and workers); NetworkPolicy, PDBs and the PodMonitor
-select on them. Stable labels only (see finserve.stableLabels): no chart or app version.
+select on them. Stable labels only (see finserve.stableLabels): no chart or app version. And
+no app.kubernetes.io/name: KubeRay sets it to "kuberay" on every Ray pod and selects on that
+value in the RayService's own `<name>-head-svc` (HeadServiceLabels in its common/service.go);
+a pod template that overrides it leaves that Service without endpoints.
 */}}
 {{- define "finserve.rayPodLabels" -}}
-{{ include "finserve.stableLabels" . }}
-app.kubernetes.io/component: ray
+{{ include "finserve.raySelectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Selector of this release's Ray pods (both RayClusters during a blue/green switch). */}}
 {{- define "finserve.raySelectorLabels" -}}
-{{ include "finserve.selectorLabels" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: finserve
 app.kubernetes.io/component: ray
 {{- end }}
 
@@ -381,6 +388,9 @@ a change to a user_config alone is applied in place by Gateway.reconfigure.
 Environment of every Ray container: API keys, model store, extra env.
 */}}
 {{- define "finserve.rayEnv" -}}
+{{- /* Ray reports usage to ray.io unless told not to; a bank's cluster sends nothing out */}}
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
 - name: FINSERVE_REQUIRE_AUTH
   value: {{ required "apiKeys.requireAuth must stay true: FinServe on Kubernetes always requires API keys" (ternary "true" "" .Values.apiKeys.requireAuth) | quote }}
 - name: FINSERVE_API_KEYS_FILE
@@ -549,11 +559,12 @@ A sample V2 inference request body for a model's task ("" when the chart knows n
 {{/* Port of HAProxy's own Prometheus exporter (the ingress: requests, responses by code). */}}
 {{- define "finserve.haproxyMetricsPort" -}}9101{{- end }}
 
-{{/* Ports every Ray container serves: Serve HTTP, Ray's metrics, HAProxy's exporter. */}}
+{{/* Ports every Ray container serves: Serve HTTP, Ray's metrics, HAProxy's exporter (with
+the protocol the API server defaults, as KubeRay writes them back: rayservice.yaml). */}}
 {{- define "finserve.servePorts" -}}
-- {name: serve, containerPort: 8000}
-- {name: metrics, containerPort: 8080}
+- {name: serve, containerPort: 8000, protocol: TCP}
+- {name: metrics, containerPort: 8080, protocol: TCP}
 {{- if .Values.serve.haproxy }}
-- {name: haproxy-metrics, containerPort: {{ include "finserve.haproxyMetricsPort" . }}}
+- {name: haproxy-metrics, containerPort: {{ include "finserve.haproxyMetricsPort" . }}, protocol: TCP}
 {{- end }}
 {{- end }}
