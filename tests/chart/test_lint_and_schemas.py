@@ -199,8 +199,9 @@ def test_podmonitor_scrapes_the_ray_metrics_port_when_prometheus_operator_exists
     assert {(e["path"], e["interval"]) for e in endpoints} == {("/metrics", "15s")}
     for label, container in containers(objects):
         if label.startswith(("head", "worker")):
-            assert {"name": "metrics", "containerPort": 8080, "protocol": "TCP"} in container["ports"], label
-            assert {"name": "haproxy-metrics", "containerPort": 9101, "protocol": "TCP"} in container["ports"]
+            ports = container["ports"]
+            assert {"name": "metrics", "containerPort": 8080, "protocol": "TCP"} in ports, label
+            assert {"name": "haproxy-metrics", "containerPort": 9101, "protocol": "TCP"} in ports
 
 
 def test_podmonitor_is_skipped_without_the_monitoring_api() -> None:

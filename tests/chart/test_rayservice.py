@@ -150,7 +150,8 @@ def test_haproxy_metrics_off_one_thread_and_its_exporter_exposed_by_default(
         return next((e["value"] for e in container["env"] if e["name"] == name), None)
 
     def exporter(container: dict[str, Any]) -> bool:
-        return {"name": "haproxy-metrics", "containerPort": 9101, "protocol": "TCP"} in container["ports"]
+        port = {"name": "haproxy-metrics", "containerPort": 9101, "protocol": "TCP"}
+        return port in container["ports"]
 
     default = ray_containers()
     assert {env(c, "RAY_SERVE_HAPROXY_METRICS_ENABLED") for c in default} == {"0"}
@@ -186,7 +187,8 @@ def test_throughput_optimized_serve_is_on_by_default(tmp_path: Path) -> None:
 def test_every_ray_container_exposes_the_serve_port_8000() -> None:
     for label, container in containers(render("gpu")):
         if label.startswith(("head", "worker")):
-            assert {"name": "serve", "containerPort": 8000, "protocol": "TCP"} in container["ports"], label
+            serve = {"name": "serve", "containerPort": 8000, "protocol": "TCP"}
+            assert serve in container["ports"], label
 
 
 def test_blue_green_upgrades_and_a_ray_version_that_matches_the_installed_ray() -> None:
