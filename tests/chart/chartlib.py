@@ -3,11 +3,13 @@
 helm comes from PATH or .venv/bin (``make tools`` installs it); the KubeRay CRDs from
 ``../shared/third_party/kuberay/crds`` beside the repository, or ``FINSERVE_KUBERAY_CRDS``;
 the CRDs of the oldest KubeRay the chart supports (Chart.yaml) from
-``FINSERVE_KUBERAY_MIN_CRDS`` or the Go module cache, when there (no network at test time).
+``FINSERVE_KUBERAY_MIN_CRDS``, else the operator's Go module (`go mod download`: the module
+cache, or the Go module proxy once; `make cluster` builds that module).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -50,22 +52,34 @@ KUBERAY_MIN = chart_annotation("finserve.io/kuberay-min-version")
 
 
 def min_crds_dir() -> Path | None:
-    """The CRDs of KubeRay ``KUBERAY_MIN``: FINSERVE_KUBERAY_MIN_CRDS, else the Go module
-    cache's ``ray-operator@v<version>/config/crd/bases`` (which building the operator
-    fills); None when neither is there."""
+    """The CRDs of KubeRay ``KUBERAY_MIN``: FINSERVE_KUBERAY_MIN_CRDS, else
+    ``config/crd/bases`` of the operator's Go module at that version, as `go mod download`
+    finds it (from the module cache, or the Go module proxy); None without Go."""
     env = os.environ.get("FINSERVE_KUBERAY_MIN_CRDS")
     if env:
         return Path(env)
-    caches = [os.environ.get("GOMODCACHE"),
-              *(str(Path(p) / "pkg" / "mod") for p in os.environ.get("GOPATH", "").split(":")
-                if p),
-              str(Path.home() / "go" / "pkg" / "mod")]
-    for modcache in filter(None, caches):
-        bases = (Path(modcache) / "github.com" / "ray-project" / "kuberay"
-                 / f"ray-operator@v{KUBERAY_MIN}" / "config" / "crd" / "bases")
-        if bases.is_dir():
-            return bases
-    return None
+    go = shutil.which("go")
+    if not go:
+        return None
+    done = subprocess.run(
+        [go, "mod", "download", "-json", f"{KUBERAY_MODULE}@v{KUBERAY_MIN}"],
+        capture_output=True, text=True, timeout=300, cwd=REPO / "tools" / "cluster" / "kuberay")
+    if done.returncode != 0:
+        pytest.fail(f"go mod download {KUBERAY_MODULE}@v{KUBERAY_MIN} failed: "
+                    f"{done.stdout[-500:]} {done.stderr[-500:]}", pytrace=False)
+    return Path(json.loads(done.stdout)["Dir"]) / "config" / "crd" / "bases"
+
+
+#: the KubeRay operator's Go module; `make cluster` builds the version its go.mod pins
+KUBERAY_MODULE = "github.com/ray-project/kuberay/ray-operator"
+
+
+def cluster_kuberay_version() -> str:
+    """The operator version `make cluster` builds and the e2e tier tests
+    (tools/cluster/kuberay/go.mod)."""
+    go_mod = (REPO / "tools" / "cluster" / "kuberay" / "go.mod").read_text()
+    return re.search(rf"^\s*(?:require\s+)?{re.escape(KUBERAY_MODULE)}\s+v(\S+)", go_mod,
+                     re.M).group(1)
 
 
 @cache

@@ -20,6 +20,7 @@ from tests.chart.chartlib import (
     MONITORING_API,
     RAY_API,
     REPO,
+    cluster_kuberay_version,
     containers,
     crd_validator,
     crds_dir,
@@ -272,3 +273,8 @@ def test_values_schema_rejects_typos_and_wrong_types(
     error = render_error(write_values(tmp_path, values))
     assert "values don't meet the specifications of the schema" in error
     assert complaint in error
+
+
+def test_the_oldest_supported_kuberay_is_the_one_the_cluster_tests_run() -> None:
+    """Chart.yaml's stated minimum is what `make cluster` builds and `make e2e` proves."""
+    assert cluster_kuberay_version() == KUBERAY_MIN

@@ -82,10 +82,15 @@ def test_undo_after_an_automatic_rollback_goes_to_the_last_good_revision(
         if not row["description"].startswith("Rollback to"):
             break
         restored = int(row["description"].split()[-1])
+    def values_at(revision: int) -> str:
+        return helm("get", "values", release.name, "-n", release.namespace, "--revision",
+                    str(revision), "-o", "yaml")
+
+    running_values = values_at(restored)
     want = next(r for r in reversed(rows) if int(r["revision"]) < restored
-                and r["status"] in ("superseded", "deployed"))
-    want_values = helm("get", "values", release.name, "-n", release.namespace, "--revision",
-                       str(want["revision"]), "-o", "yaml")
+                and r["status"] in ("superseded", "deployed")
+                and values_at(int(r["revision"])) != running_values)
+    want_values = values_at(int(want["revision"]))
     done = run(finserve(), "rollout", "undo", "-n", release.namespace, "--release",
                release.name, "--timeout", str(DEADLINE_S), check=False, timeout=DEADLINE_S + 300)
     print(f"\n[e2e] finserve rollout undo: exit {done.returncode}\n{done.stdout[-2000:]}")
