@@ -34,12 +34,21 @@ iptables -X FINSERVE-FWD 2>/dev/null
 if [[ -x $CLUSTER_DIR/bin/kube-proxy ]]; then
   "$CLUSTER_DIR/bin/kube-proxy" --cleanup --proxy-mode iptables >/dev/null 2>&1 && say "kube-proxy's rules removed"
 fi
-# the portmap plugin's chains
-for table in nat filter; do
-  iptables -t "$table" -S 2>/dev/null | awk '/^-A .* CNI-/ { $1 = "-D"; print }' \
-    | while read -r rule; do eval "iptables -t $table $rule" 2>/dev/null; done
-  iptables -t "$table" -S 2>/dev/null | awk '/^-N CNI-/ { print $2 }' \
-    | while read -r chain; do iptables -t "$table" -F "$chain" 2>/dev/null; iptables -t "$table" -X "$chain" 2>/dev/null; done
+# what is left of the kubelet's (KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT)
+# and the port-map plugin's (CNI-*) chains, IPv4 and IPv6: rules jumping to them, then them
+remove_chains() {  # remove_chains COMMAND PREFIX
+  local cmd=$1 prefix=$2 table
+  for table in filter nat mangle; do
+    "$cmd" -t "$table" -S 2>/dev/null | awk -v p="$prefix" '$1 == "-A" && $0 ~ p { $1 = "-D"; print }' \
+      | while read -r rule; do eval "$cmd -t $table $rule" 2>/dev/null; done
+    "$cmd" -t "$table" -S 2>/dev/null | awk -v p="^$prefix" '$1 == "-N" && $2 ~ p { print $2 }' \
+      | while read -r chain; do "$cmd" -t "$table" -F "$chain" 2>/dev/null
+                                "$cmd" -t "$table" -X "$chain" 2>/dev/null; done
+  done
+}
+for cmd in iptables ip6tables; do
+  remove_chains "$cmd" KUBE-
+  remove_chains "$cmd" CNI-
 done
 ip link show "$POD_BRIDGE" >/dev/null 2>&1 && ip link delete "$POD_BRIDGE" && say "removed bridge $POD_BRIDGE"
 
