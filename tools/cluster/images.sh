@@ -87,9 +87,21 @@ build_base() {
   rm -rf "$ctx"
 }
 
+# source_digest: what the FinServe image is built from (the files .dockerignore lets in, and
+# the Dockerfile), so that a changed package is rebuilt and an unchanged one is not
+source_digest() {
+  (cd "$REPO_ROOT" && git ls-files -co --exclude-standard -- Dockerfile .dockerignore \
+     pyproject.toml README.md serving deployments | LC_ALL=C sort | xargs sha256sum) \
+    | sha256sum | cut -c1-16
+}
+
 build_finserve() {
-  local image=finserve:$finserve_tag
-  if have_image "$image" && [[ -z ${FINSERVE_REBUILD:-} ]]; then say "$image present"; return; fi
+  local image=finserve:$finserve_tag digest stamp
+  digest=$(source_digest)
+  stamp=$CLUSTER_DIR/images/finserve-$finserve_tag.source
+  if have_image "$image" && [[ -z ${FINSERVE_REBUILD:-} && -f $stamp && $(cat "$stamp") == "$digest" ]]; then
+    say "$image present (built from these sources)"; return
+  fi
   build_base
   say "building $image from the Dockerfile on $BASE_IMAGE (pip install, train the defaults)"
   local start=$SECONDS
@@ -98,6 +110,8 @@ build_finserve() {
     || die "image build failed: $CLUSTER_DIR/logs/image-finserve.log"
   say "built $image in $((SECONDS - start)) s"
   import "$image"
+  mkdir -p "$(dirname "$stamp")" && echo "$digest" > "$stamp"
+  "$DOCKER" image prune -f >/dev/null  # the layers the rebuild left dangling
 }
 
 mkdir -p "$CLUSTER_DIR/logs"

@@ -145,6 +145,17 @@ clusterDomain: $CLUSTER_DOMAIN
 resolvConf: /etc/resolv.conf
 serializeImagePulls: false
 maxPods: 110
+# Every image here was built here and none can be pulled again: image garbage collection is
+# off (100 %), and eviction waits for a nearly full disk. The disk is shared with whatever
+# else the machine holds, so percentage thresholds (10-15 % of a large disk) fired while
+# gigabytes were still free, and the kubelet deleted the CoreDNS and operator images.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: 200Mi
+  nodefs.available: 2Gi
+  imagefs.available: 2Gi
+  nodefs.inodesFree: 5%
 EOF
   start_daemon kubelet "$CLUSTER_DIR/bin/kubelet" --config "$CLUSTER_DIR/kubelet.yaml" \
     --kubeconfig "$CLUSTER_DIR/kubelet.kubeconfig" --hostname-override "$NODE_NAME" \
