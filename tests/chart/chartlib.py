@@ -278,3 +278,14 @@ def quantity_bytes(quantity: str) -> int:
     """A Kubernetes memory quantity ("8Gi", "512Mi", "1G", "1073741824") in bytes."""
     number, unit = re.fullmatch(r"([0-9.]+)([kMGT]i?)?", str(quantity)).groups()
     return int(float(number) * UNITS[unit or ""])
+
+
+def install_notes(*args: str) -> str:
+    """The NOTES helm install prints, rendered without a cluster (namespace banking)."""
+    proc = subprocess.run(
+        [helm_binary(), "install", "finserve", str(CHART), "--dry-run=client", "-n", "banking",
+         "--set", "kuberay.skipCRDCheck=true", *args],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "KUBECONFIG": os.devnull},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split("NOTES:", 1)[1]

@@ -27,6 +27,7 @@ from tests.chart.chartlib import (
     RAY_API,
     helm,
     helm_binary,
+    install_notes,
     kuberay_pod_labels,
     named,
     one,
@@ -353,16 +354,6 @@ def test_a_generated_key_file_is_new_on_each_render_without_the_cluster() -> Non
         return yaml.safe_load(proc.stdout)["data"]["token-key"]
 
     assert render_once() != render_once()
-
-
-def install_notes(*args: str) -> str:
-    proc = subprocess.run(
-        [helm_binary(), "install", "finserve", str(CHART), "--dry-run=client", "-n", "banking",
-         "--set", "kuberay.skipCRDCheck=true", *args],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "KUBECONFIG": os.devnull},
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.split("NOTES:", 1)[1]
 
 
 def test_the_notes_say_what_was_generated_and_how_to_reach_rays_dashboard() -> None:

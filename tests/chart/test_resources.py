@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +12,9 @@ import yaml
 from deployments.config import AppArgs
 from serving.security import ApiKey, KeyRing, hash_secret
 from tests.chart.chartlib import (
-    CHART,
     CI_VALUES,
     containers,
-    helm_binary,
+    install_notes,
     one,
     pod_specs,
     render,
@@ -204,18 +201,8 @@ def test_default_network_policy_leaves_serve_open_to_all() -> None:
     assert "from" not in serve
 
 
-def notes(*args: str) -> str:
-    proc = subprocess.run(
-        [helm_binary(), "install", "finserve", str(CHART), "--dry-run=client", "-n", "banking",
-         "--set", "kuberay.skipCRDCheck=true", *args],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "KUBECONFIG": os.devnull},
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.split("NOTES:", 1)[1]
-
-
 def test_notes_show_the_port_forward_and_a_first_request() -> None:
-    text = notes()
+    text = install_notes()
     assert "kubectl -n banking port-forward svc/finserve-serve-svc 8000:8000" in text
     assert "curl -s $FINSERVE_URL/v2/health/ready" in text
     assert "$FINSERVE_URL/v2/models/fraud/infer" in text
@@ -225,7 +212,7 @@ def test_notes_show_the_port_forward_and_a_first_request() -> None:
 
 
 def test_notes_use_the_ingress_host_over_https_in_production() -> None:
-    text = notes("-f", str(CI_VALUES["production"]))
+    text = install_notes("-f", str(CI_VALUES["production"]))
     assert "export FINSERVE_URL=https://finserve.bank.example.com" in text
     assert "port-forward svc/finserve-serve-svc" not in text
 
