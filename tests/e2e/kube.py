@@ -106,3 +106,11 @@ def active_cluster(namespace: str, name: str = "finserve") -> str:
 
 def serve_config(namespace: str, name: str = "finserve") -> dict[str, Any]:
     return yaml.safe_load(rayservice(namespace, name)["spec"]["serveConfigV2"])
+
+
+def ray_peer_labels(namespace: str, name: str = "finserve") -> str:
+    """The labels the chart's NetworkPolicy admits to Ray's ports, as `kubectl run` takes
+    them."""
+    labels = kubectl_json("-n", namespace, "get", "networkpolicy", name)[
+        "spec"]["podSelector"]["matchLabels"]
+    return ",".join(f"{k}={v}" for k, v in labels.items())

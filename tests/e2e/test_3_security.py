@@ -18,6 +18,7 @@ from tests.e2e.kube import (
     helm,
     kubectl,
     kubectl_json,
+    ray_peer_labels,
 )
 
 # what a pod in the namespace runs: GET the job API without and with the token
@@ -54,9 +55,12 @@ def test_rays_job_api_refuses_a_request_without_the_token(release: Release) -> N
 
 def test_rays_job_api_refuses_a_pod_in_the_namespace_without_the_token(
         release: Release) -> None:
+    """The probe carries the labels the NetworkPolicy admits to Ray's ports (as a Ray pod of
+    the release would): past the policy, Ray's token is what refuses it."""
     url = f"http://{release.name}-head-svc.{release.namespace}.svc.cluster.local:8265/api/jobs/"
     out = kubectl("-n", release.namespace, "run", "ray-auth-probe", "--rm", "-i", "--quiet",
-                  "--restart=Never", f"--image={release.image_repository}:{release.image_tag}",
+                  "--restart=Never", f"--labels={ray_peer_labels(release.namespace)}",
+                  f"--image={release.image_repository}:{release.image_tag}",
                   "--image-pull-policy=Never", "--command", "--", "python", "-c", PROBE,
                   url, ray_token(release), timeout=300)
     assert json.loads(out.strip().splitlines()[-1]) == {"none": 401, "token": 200}, out

@@ -11,6 +11,8 @@
 #   coredns     coredns
 #   kuberay     the KubeRay operator (ray-operator)
 #   ingress     the Traefik ingress controller (ingress-controller)
+#   netpol      kube-router, run as the NetworkPolicy controller only (the bridge CNI
+#               plugin enforces no policy)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -22,8 +24,9 @@ declare -A PACKAGES=(
   [coredns]="github.com/coredns/coredns"
   [kuberay]="github.com/ray-project/kuberay/ray-operator:kuberay-operator"
   [ingress]="github.com/traefik/traefik/v3/cmd/traefik:ingress-controller"
+  [netpol]="github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"
 )
-ALL=(kubernetes etcd coredns kuberay ingress)
+ALL=(kubernetes etcd coredns kuberay ingress netpol)
 
 # Version stamps the release builds set with -X, so `kubectl version`, Helm's kubeVersion
 # checks and the node report the real version instead of v0.0.0-master.

@@ -9,6 +9,7 @@ set -uo pipefail
 [[ $(id -u) == 0 ]] || die "needs root"
 
 # Pods first, while the kubelet's runtime is still up: their containers are the runtime's.
+stop_daemon netpol
 stop_daemon kube-proxy
 stop_daemon kubelet
 if ctr --address "$CONTAINERD_SOCK" version >/dev/null 2>&1; then
@@ -47,9 +48,14 @@ remove_chains() {  # remove_chains COMMAND PREFIX
   done
 }
 for cmd in iptables ip6tables; do
-  remove_chains "$cmd" KUBE-
+  remove_chains "$cmd" KUBE-  # kube-router's are KUBE-ROUTER-*, KUBE-NWPLCY-*, KUBE-POD-FW-*
   remove_chains "$cmd" CNI-
 done
+# the policy controller's ipsets (once no rule uses them)
+if command -v ipset >/dev/null; then
+  ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router)' | while read -r set; do
+    ipset destroy "$set" 2>/dev/null; done
+fi
 ip link show "$POD_BRIDGE" >/dev/null 2>&1 && ip link delete "$POD_BRIDGE" && say "removed bridge $POD_BRIDGE"
 
 # kernel settings back as they were before the first `make cluster`

@@ -24,6 +24,7 @@ install_packages() {
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   command -v iptables >/dev/null || missing+=(iptables)
   command -v conntrack >/dev/null || missing+=(conntrack)
+  command -v ipset >/dev/null || missing+=(ipset)
   command -v openssl >/dev/null || missing+=(openssl)
   command -v dig >/dev/null || missing+=(dnsutils)
   command -v gcc >/dev/null || missing+=(gcc libc6-dev)
@@ -44,14 +45,21 @@ save_sysctls() {
   done > "$saved"
 }
 
-# Pods may talk to each other and to this machine, never beyond it.
+# Pods may talk to each other (subject to NetworkPolicy, which later FORWARD rules enforce)
+# and to this machine, never beyond it.
 network() {
   sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
   iptables -N FINSERVE-FWD 2>/dev/null || iptables -F FINSERVE-FWD
-  iptables -A FINSERVE-FWD -i "$POD_BRIDGE" -o "$POD_BRIDGE" -j ACCEPT
+  iptables -A FINSERVE-FWD -i "$POD_BRIDGE" -o "$POD_BRIDGE" -j RETURN
   iptables -A FINSERVE-FWD -i "$POD_BRIDGE" -j DROP
   iptables -A FINSERVE-FWD -o "$POD_BRIDGE" -j DROP
-  iptables -C FORWARD -j FINSERVE-FWD 2>/dev/null || iptables -I FORWARD 1 -j FINSERVE-FWD
+  pin_forward_chain
+}
+
+# FINSERVE-FWD first in FORWARD, above what kube-proxy (and the policy controller) insert
+pin_forward_chain() {
+  while iptables -D FORWARD -j FINSERVE-FWD 2>/dev/null; do :; done
+  iptables -I FORWARD 1 -j FINSERVE-FWD
   mkdir -p "$CLUSTER_DIR/cni"
   cat > "$CLUSTER_DIR/cni/10-finserve.conflist" <<EOF
 {"cniVersion": "1.0.0", "name": "finserve", "plugins": [
@@ -166,6 +174,14 @@ EOF
     --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 \
     --conntrack-tcp-timeout-close-wait 0 --metrics-bind-address 127.0.0.1:10249
   wait_for "node $NODE_NAME" 120 node_ready
+  # NetworkPolicy: kube-router's policy controller alone (no routing, no service proxy, no
+  # CNI of its own), which filters pod traffic in FORWARD/INPUT/OUTPUT chains of its own
+  start_daemon netpol "$CLUSTER_DIR/bin/kube-router" --kubeconfig "$KUBECONFIG_FILE" \
+    --hostname-override "$NODE_NAME" --run-firewall=true --run-router=false \
+    --run-service-proxy=false --enable-cni=false --enable-pod-egress=false \
+    --service-cluster-ip-range "$SERVICE_CIDR" --health-port 20244
+  wait_for "NetworkPolicy controller" 60 curl -sf http://127.0.0.1:20244/healthz
+  pin_forward_chain
 }
 
 kctl() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
