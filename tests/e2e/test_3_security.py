@@ -23,15 +23,20 @@ from tests.e2e.kube import (
 
 # what a pod in the namespace runs: GET the job API without and with the token
 PROBE = """
-import json, os, sys, urllib.error, urllib.request
+import json, sys, time, urllib.error, urllib.request
 url = sys.argv[1]
 out = {}
 for name, headers in (("none", {}), ("token", {"Authorization": "Bearer " + sys.argv[2]})):
-    try:
-        out[name] = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                           timeout=10).status
-    except urllib.error.HTTPError as exc:
-        out[name] = exc.code
+    for attempt in range(20):  # until the policy controller has admitted this new pod
+        try:
+            out[name] = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                               timeout=10).status
+        except urllib.error.HTTPError as exc:
+            out[name] = exc.code
+        except urllib.error.URLError:
+            time.sleep(1)
+            continue
+        break
 print(json.dumps(out))
 """
 

@@ -18,17 +18,25 @@ from tests.e2e.kube import active_cluster, kubectl, ray_peer_labels, ray_pods, r
 OTHER_NAMESPACE = "finserve-e2e-outsider"
 RAY_PORTS = (8265, 6379, 10001)
 
-# what a probe pod runs: a TCP connect to each (host, port), open or closed
+# what a probe pod runs: a TCP connect to each (host, port), tried for 20 s, since policy is
+# enforced eventually: a new pod's first packets can come before the policy controller has
+# put its address in the sets the rules match (seen: a labelled peer refused at its start)
 PROBE = """
-import json, socket, sys
+import json, socket, sys, time
 out = {}
 for target in sys.argv[1:]:
     host, port = target.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-        out[target] = "open"
-    except OSError as exc:
-        out[target] = type(exc).__name__
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=3).close()
+            out[target] = "open"
+            break
+        except OSError as exc:
+            out[target] = type(exc).__name__
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1)
 print(json.dumps(out))
 """
 

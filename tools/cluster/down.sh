@@ -30,8 +30,8 @@ grep -E " ($CLUSTER_DIR|$(dirname "$CONTAINERD_SOCK")|/run/netns/cni-)" /proc/se
 for ns in /run/netns/cni-*; do [[ -e $ns ]] && { ip netns delete "$(basename "$ns")" 2>/dev/null || rm -f "$ns"; }; done
 
 # network: our forward chain, the bridge, and what kube-proxy wrote (its KUBE-* chains)
-iptables -D FORWARD -j FINSERVE-FWD 2>/dev/null; iptables -F FINSERVE-FWD 2>/dev/null
-iptables -X FINSERVE-FWD 2>/dev/null
+iptables -t mangle -D FORWARD -j FINSERVE-FWD 2>/dev/null
+iptables -t mangle -F FINSERVE-FWD 2>/dev/null; iptables -t mangle -X FINSERVE-FWD 2>/dev/null
 if [[ -x $CLUSTER_DIR/bin/kube-proxy ]]; then
   "$CLUSTER_DIR/bin/kube-proxy" --cleanup --proxy-mode iptables >/dev/null 2>&1 && say "kube-proxy's rules removed"
 fi

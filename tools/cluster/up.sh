@@ -45,21 +45,18 @@ save_sysctls() {
   done > "$saved"
 }
 
-# Pods may talk to each other (subject to NetworkPolicy, which later FORWARD rules enforce)
-# and to this machine, never beyond it.
+# Pods may talk to each other (subject to NetworkPolicy, which the filter table enforces) and
+# to this machine, never beyond it. The rule lives in the mangle table's FORWARD chain, which
+# runs before the filter table's, where kube-proxy and the policy controller insert (and keep
+# re-inserting) rules of their own at the top, some of which accept.
 network() {
   sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
-  iptables -N FINSERVE-FWD 2>/dev/null || iptables -F FINSERVE-FWD
-  iptables -A FINSERVE-FWD -i "$POD_BRIDGE" -o "$POD_BRIDGE" -j RETURN
-  iptables -A FINSERVE-FWD -i "$POD_BRIDGE" -j DROP
-  iptables -A FINSERVE-FWD -o "$POD_BRIDGE" -j DROP
-  pin_forward_chain
-}
-
-# FINSERVE-FWD first in FORWARD, above what kube-proxy (and the policy controller) insert
-pin_forward_chain() {
-  while iptables -D FORWARD -j FINSERVE-FWD 2>/dev/null; do :; done
-  iptables -I FORWARD 1 -j FINSERVE-FWD
+  iptables -t mangle -N FINSERVE-FWD 2>/dev/null || iptables -t mangle -F FINSERVE-FWD
+  iptables -t mangle -A FINSERVE-FWD -i "$POD_BRIDGE" -o "$POD_BRIDGE" -j RETURN
+  iptables -t mangle -A FINSERVE-FWD -i "$POD_BRIDGE" -j DROP
+  iptables -t mangle -A FINSERVE-FWD -o "$POD_BRIDGE" -j DROP
+  iptables -t mangle -C FORWARD -j FINSERVE-FWD 2>/dev/null \
+    || iptables -t mangle -I FORWARD 1 -j FINSERVE-FWD
   mkdir -p "$CLUSTER_DIR/cni"
   cat > "$CLUSTER_DIR/cni/10-finserve.conflist" <<EOF
 {"cniVersion": "1.0.0", "name": "finserve", "plugins": [
@@ -181,7 +178,6 @@ EOF
     --run-service-proxy=false --enable-cni=false --enable-pod-egress=false \
     --service-cluster-ip-range "$SERVICE_CIDR" --health-port 20244
   wait_for "NetworkPolicy controller" 60 curl -sf http://127.0.0.1:20244/healthz
-  pin_forward_chain
 }
 
 kctl() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
