@@ -35,8 +35,11 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
     message now instead of failing requests later."""
     args = AppArgs.model_validate(args) if isinstance(args, dict) else args
     args = args.model_copy(deep=True, update={"store_uri": resolve_store_uri(args.store_uri)})
-    if args.audit.location != "stdout":
-        args.audit.location = resolve_store_uri(args.audit.location)
+    audit = args.audit
+    for name in ("location", "checkpoint_location", "keys_dir"):  # local paths, absolute
+        value = getattr(audit, name)
+        if value and value != "stdout" and not value.startswith("env:"):
+            setattr(audit, name, resolve_store_uri(value))
     security = args.security
     security.require_auth = _env_flag("FINSERVE_REQUIRE_AUTH", security.require_auth)
     security.api_keys_file = os.environ.get("FINSERVE_API_KEYS_FILE", security.api_keys_file)

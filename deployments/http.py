@@ -1,11 +1,15 @@
-"""HTTP plumbing of the gateway: one error shape, a body size limit, request ids."""
+"""HTTP plumbing of the gateway: one error shape, admission (keys, scopes, rates) before the
+body is read, a body size and time limit, request ids."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
+import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import pydantic_core
@@ -18,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.errors import FinServeError
 from serving.protocol import binary
+from serving.security import ApiKey, KeyRing
 
 log = logging.getLogger("finserve.gateway")
 REQUEST_ID = "x-request-id"
@@ -104,11 +109,14 @@ def overloaded(exc: BaseException) -> bool:
 
 
 class BodyLimitMiddleware:
-    """Reject bodies over ``max_bytes`` with 413, by header or while streaming."""
+    """Reject bodies over ``max_bytes`` with 413, by header or while streaming, and bodies
+    still arriving ``timeout_s`` after the request reached the gateway with 408 (a slow
+    upload must not hold a replica's request slot)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,40 +125,54 @@ class BodyLimitMiddleware:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._reject(send, headers)
+            await self._refuse(send, headers, self._too_large())
             return
-        seen = 0
-        rejected = False
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        state: dict[str, Any] = {"seen": 0, "complete": False, "refusal": None, "sent": False}
 
         async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
+            if state["complete"] or deadline is None:  # later reads wait for a disconnect
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+                except TimeoutError:
+                    state["refusal"] = self._too_slow()
+                    raise _Refused from None
+            state["complete"] = message["type"] != "http.request" or not message.get(
+                "more_body", False)
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge
+                state["seen"] += len(message.get("body", b""))
+                if state["seen"] > self.max_bytes:
+                    state["refusal"] = self._too_large()
+                    raise _Refused
             return message
 
         async def guarded(message: Message) -> None:
-            # once the body is too large, whatever the app answers is replaced by the 413
-            nonlocal rejected
-            if seen > self.max_bytes:
-                if not rejected:
-                    rejected = True
-                    await self._reject(send, headers)
-                return
-            await send(message)
+            # once the body is refused, whatever the app answers is replaced by the refusal
+            if state["refusal"] is None:
+                await send(message)
+            elif not state["sent"]:
+                state["sent"] = True
+                await self._refuse(send, headers, state["refusal"])
 
         try:
             await self.app(scope, limited, guarded)
-        except _BodyTooLarge:
-            if not rejected:
-                await self._reject(send, headers)
+        except _Refused:
+            if not state["sent"]:
+                state["sent"] = True
+                await self._refuse(send, headers, state["refusal"])
 
-    async def _reject(self, send: Send, headers: dict[bytes, bytes]) -> None:
-        response = error_response(
-            413, f"request body is larger than the limit of {self.max_bytes} bytes"
-        )
+    def _too_large(self) -> JSONResponse:
+        return error_response(
+            413, f"request body is larger than the limit of {self.max_bytes} bytes")
+
+    def _too_slow(self) -> JSONResponse:
+        return error_response(408, f"request body not received within {self.timeout_s:g}s",
+                              {"Connection": "close"})
+
+    @staticmethod
+    async def _refuse(send: Send, headers: dict[bytes, bytes], response: JSONResponse) -> None:
         rid = headers.get(REQUEST_ID.encode())
         if rid:
             response.headers[REQUEST_ID] = rid.decode("latin-1")
@@ -178,14 +200,38 @@ KEY_SCOPE_KEY = "finserve.key"
 PUBLIC_PATHS = ("/v2/health/", "/docs", "/openapi.json", "/redoc")
 
 
-class AuthMiddleware:
-    """Authenticate before anything else reads the body: a call without a valid key gets
-    401 whatever it sends. Health probes and the API docs stay open."""
+#: ASGI scope key of the model ``AuthMiddleware`` authorized and rate-limited the key for
+ADMITTED_SCOPE_KEY = "finserve.admitted_model"
 
-    def __init__(self, app: ASGIApp, keys: Any, required: bool) -> None:
+
+def model_in_path(path: str) -> str | None:
+    """The model a gateway route names in its path: ``/v2/models/{model}...``,
+    ``/v1/models/{model}[:predict]...`` or the task route ``/v1/{model}/{route}``."""
+    parts = path.split("/")
+    if len(parts) >= 4 and parts[1] in ("v1", "v2") and parts[2] == "models":
+        name = parts[3]
+        if parts[1] == "v1" and len(parts) == 4:  # /v1/models/{model}:predict
+            name = name.removesuffix(":predict")
+        return name or None
+    if len(parts) == 4 and parts[1] == "v1" and parts[2] and parts[3]:
+        return parts[2]
+    return None
+
+
+class AuthMiddleware:
+    """Admission before anything reads the body: a call without a valid key gets 401, a key
+    that may not call the served model its path names 403, and one over its rate 429,
+    whatever the body holds. Health probes and the API docs stay open; a model that is not
+    served goes on to its 404. ``keys`` is a ``KeyRing`` or a ``KeyFile`` (re-read when it
+    changes)."""
+
+    def __init__(self, app: ASGIApp, keys: Any, required: bool, limiter: Any = None,
+                 models: Iterable[str] = ()) -> None:
         self.app = app
         self.keys = keys
         self.required = required
+        self.limiter = limiter
+        self.models = frozenset(models)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.keys is None:
@@ -198,13 +244,23 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            scope[KEY_SCOPE_KEY] = self.keys.authenticate(header.decode("latin-1")
-                                                          if header else None)
+            key = self.keys.authenticate(header.decode("latin-1") if header else None)
+            model = model_in_path(path)
+            if model in self.models:
+                self.admit(key, model)
+                scope[ADMITTED_SCOPE_KEY] = model
         except FinServeError as exc:
             await error_response(exc.status_code, exc.message, exc.headers)(
                 scope, receive, send)
             return
+        scope[KEY_SCOPE_KEY] = key
         await self.app(scope, receive, send)
+
+    def admit(self, key: ApiKey, model: str) -> None:
+        """403 for a model the key may not call, 429 over the key's rate."""
+        KeyRing.authorize(key, model)
+        if self.limiter is not None:
+            self.limiter.check(key)
 
 
 #: ASGI scope key under which a binary-extension request's decoded tensors travel
@@ -251,12 +307,34 @@ class GatewayRoute(APIRoute):
         return route
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """The body was refused (too large or too slow); the refusal is the answer."""
 
 
 async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
+
+
+#: what an x-request-id may be: it goes into logs and the decision trail
+REQUEST_ID_FORMAT = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestIdMiddleware:
+    """Refuse an ``x-request-id`` longer than 128 characters or outside ``A-Za-z0-9._:-``
+    (400) before anything else reads the request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers") or []:
+                if name == b"x-request-id" and not REQUEST_ID_FORMAT.fullmatch(value):
+                    await error_response(400, "x-request-id must be 1-128 characters of "
+                                         "A-Z, a-z, 0-9, '.', '_', ':' and '-'")(
+                        scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def request_id(request: Request) -> str:

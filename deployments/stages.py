@@ -65,7 +65,9 @@ class Model:
 
     The latest version is loaded and warmed before the replica takes traffic; the gateway
     asks for the routed versions with ``preload``, and any other published version loads
-    on first use, so a routing change never fails a request.
+    on first use, so a routing change never fails a request. A version that fails its
+    integrity check is refused: the replica still starts, ``ready()`` says why it is not
+    ready, and that version's requests get 503 before they reach the batch.
     """
 
     def __init__(self, store_uri: str, model: str, task: str, settings: dict[str, Any]) -> None:
@@ -85,15 +87,20 @@ class Model:
         self.runner.load_all()
 
     def preload(self, versions: list[str]) -> None:
-        for version in versions:
-            self.runner.get(version)
+        self.runner.preload(versions)
 
     def ready(self) -> dict[str, Any]:
         return {
             "ready": self.runner.ready,
+            "reason": self.runner.reason,
             "digests": self.runner.digests,
             "load_seconds": self.runner.load_seconds,
+            "verify_seconds": self.runner.verify_seconds,
         }
+
+    def artifact_sha256(self, version: str) -> str:
+        """The verified digest of the SavedModel this replica serves ``version`` from."""
+        return self.runner.artifact_sha256(version)
 
     async def _predict_batch(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
         started = time.perf_counter()
@@ -102,4 +109,5 @@ class Model:
         return results
 
     async def __call__(self, version: str, batch: Batch) -> Batch:
-        return Batch(await self.predict((version, batch.data)), batch.context)
+        digest = self.runner.artifact_sha256(version)  # a refused version: 503, not batched
+        return Batch(await self.predict((version, batch.data)), batch.context, digest)

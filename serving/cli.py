@@ -10,11 +10,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow start-up chatter out
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -127,29 +128,91 @@ def keys_create(
     print(plaintext)
 
 
-@audit_app.command("verify")
-def audit_verify(trail: TrailOpt = "audit") -> None:
-    """Check every chain for altered, removed or reordered records."""
-    from serving.audit import verify
+PublicKeyOpt = Annotated[str | None, typer.Option(
+    "--public-key", help="The trail's Ed25519 public key (hex, or a file holding it); "
+    "default: keys/trail.pub when it exists.")]
 
-    report = verify(trail)
+
+@audit_app.command("verify")
+def audit_verify(
+    trail: TrailOpt = "audit",
+    checkpoints: Annotated[str | None, typer.Option(
+        help="Where the signed checkpoints are (default: as the server puts them).")] = None,
+    public_key: PublicKeyOpt = None,
+    trail_key_file: Annotated[Path | None, typer.Option(
+        help="The trail key itself, to check every record's mac too (the replicas' secret; "
+        "an auditor usually holds only the public key).")] = None,
+) -> None:
+    """Check every chain for altered, removed, reordered, cut-off, deleted and foreign
+    records, against the signed checkpoints."""
+    from serving.audit import verify
+    from serving.audit.keys import parse_key
+
+    key = _public_key(public_key)
+    secret = parse_key(trail_key_file.read_text(), str(trail_key_file)) if trail_key_file \
+        else None
+    report = verify(trail, checkpoints or _checkpoints_of(trail), key, secret)
     for problem in report.problems:
         console.print(f"[red]✗[/] {problem}")
+    for note in report.notes:
+        console.print(f"[dim]·[/] {note}")
     status = "[green]intact[/]" if report.ok else "[red]TAMPERED[/]"
-    console.print(f"{report.records} records in {report.chains} chains: {status}")
+    console.print(f"{report.records} records in {report.chains} chains, "
+                  f"{report.checkpoints} signed checkpoints: {status}")
     raise typer.Exit(0 if report.ok and report.records else 1)
+
+
+def _public_key(given: str | None) -> Any:
+    from serving.audit import load_public_key
+    from serving.audit.keys import PUBLIC_KEY_FILE
+
+    default = Path("keys") / PUBLIC_KEY_FILE
+    if given is None and not default.exists():
+        return None
+    return load_public_key(given or str(default))
+
+
+def _checkpoints_of(trail: str) -> str:
+    from deployments.config import Audit
+    from serving.audit import checkpoint_location
+
+    return checkpoint_location(Audit(location=trail))
+
+
+@audit_app.command("public-key")
+def audit_public_key(
+    trail_key_file: Annotated[Path | None, typer.Argument(
+        help="File holding the trail key (default: $FINSERVE_TRAIL_KEY, else keys/trail.key;"
+        " '-' reads it from stdin, e.g. from `kubectl get secret`).")] = None,
+) -> None:
+    """Print the public key that verifies the trail's checkpoints (give it to auditors)."""
+    from serving.audit.keys import TRAIL_KEY_FILE, TrailKeys, parse_key
+
+    if trail_key_file is not None and str(trail_key_file) == "-":
+        text, where = sys.stdin.read(), "stdin"
+    elif trail_key_file is not None or not os.environ.get("FINSERVE_TRAIL_KEY"):
+        path = trail_key_file or Path("keys") / TRAIL_KEY_FILE
+        text, where = path.read_text(), str(path)
+    else:
+        text, where = os.environ["FINSERVE_TRAIL_KEY"], "$FINSERVE_TRAIL_KEY"
+    print(TrailKeys.from_secret(parse_key(text, where)).public_hex)
 
 
 @audit_app.command("replay")
 def audit_replay(
-    request_id: Annotated[str, typer.Argument(help="The request id to re-run.")],
+    request_id: Annotated[str, typer.Argument(
+        help="The decision id (chain:seq, in the x-decision-id header) or request id.")],
     trail: TrailOpt = "audit",
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Re-run a recorded request on the exact version it names; show whether it matches."""
     from serving.replay import replay
 
-    result = replay(trail, request_id, ModelStore(store))
+    try:
+        result = replay(trail, request_id, ModelStore(store))
+    except (KeyError, LookupError) as exc:
+        console.print(f"[red]{exc.args[0]}[/]")
+        raise typer.Exit(2) from None
     console.print_json(data=result)
     raise typer.Exit(0 if result["matches"] else 1)
 
@@ -195,12 +258,20 @@ def serve_cmd(
     proxy: Annotated[Proxy, typer.Option(
         help="HTTP ingress: Ray Serve's HAProxy (measured faster, docs/benchmarks.md) or "
         "its Python proxy actor.")] = Proxy.haproxy,
+    metrics_host: Annotated[str, typer.Option(
+        envvar="FINSERVE_METRICS_HOST",
+        help="Interface of Ray's metrics exports and HAProxy's stats page and Prometheus "
+        "exporter; on loopback Ray's own ports stay there too. 0.0.0.0 lets another "
+        "machine scrape them.")] = "127.0.0.1",
 ) -> None:
     """Start an embedded local Ray and serve every model in the Serve config."""
     from deployments.config import load_serve_config
-    from deployments.deploy import haproxy_env, haproxy_tuning, stop_leftover_haproxy
+    from deployments.deploy import IngressTimeouts, stop_leftover_haproxy
 
     started = time.perf_counter()
+    # before anything imports Ray: its processes inherit the environment, and Ray reads the
+    # node's address setting when it is imported
+    haproxy_dir = _serve_environment(proxy, metrics_host)
     if train:
         train_missing(config)
     raw_config, args = load_serve_config(config)
@@ -216,23 +287,9 @@ def serve_cmd(
 
     config = {**raw_config, "http_options": {**http, "host": host, "port": port}}
     names = [a.get("name", "default") for a in config["applications"]]
-    # user code and the router on each replica's main loop: 1.2-1.3x the throughput here
-    # (docs/benchmarks.md); set before ray.init, whose workers inherit the environment
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-    # but request logs written at once, not 1,000 at a time (which holds them for hours
-    # when traffic is light); buffering is worth another 25-40 % (docs/benchmarks.md)
-    os.environ.setdefault("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1")
-    haproxy_dir = None
-    if proxy is Proxy.haproxy:  # before ray.init: Ray's processes inherit the environment
-        # short: Ray adds a 40-character folder, and HAProxy's socket paths stop at 97
-        haproxy_dir = tempfile.mkdtemp(prefix="fsh-", dir="/tmp" if os.path.isdir("/tmp")
-                                       else None)
-        os.environ.update(haproxy_env(haproxy_dir))
-        for name, value in haproxy_tuning().items():  # the environment may override
-            os.environ.setdefault(name, value)
-        # one machine, no load balancer in front to tell: don't hold Ctrl-C for Ray's 30 s
-        # ingress drain (the chart keeps it)
-        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+    if proxy is Proxy.python:  # uvicorn's idle keep-alive in Ray's proxy actor
+        config["http_options"].setdefault("keep_alive_timeout_s",
+                                          IngressTimeouts.from_env().keep_alive_s)
     ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 8), include_dashboard=False,
              logging_level="WARNING")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -254,6 +311,41 @@ def serve_cmd(
                 console.print("stopped a leftover HAProxy")
             shutil.rmtree(haproxy_dir, ignore_errors=True)
         console.print("stopped; port released")
+
+
+def _serve_environment(proxy: Proxy, metrics_host: str) -> str | None:
+    """Set the environment Ray's processes inherit (so before ``ray.init``); the
+    environment may override each value. With HAProxy, its folder (config, sockets and the
+    launcher that adds the slow-client limits)."""
+    from deployments.deploy import (
+        IngressTimeouts,
+        haproxy_env,
+        haproxy_tuning,
+        local_only_env,
+    )
+
+    # user code and the router on each replica's main loop: 1.2-1.3x the throughput here
+    # (docs/benchmarks.md)
+    defaults = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                # but request logs written at once, not 1,000 at a time (which holds them
+                # for hours when traffic is light); buffering is worth another 25-40 %
+                "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+                # slow clients: headers and bodies in 10 s, idle ones closed (deploy.py)
+                **IngressTimeouts().env(),
+                # Ray's own ports, its metrics exports and HAProxy's admin ports
+                **local_only_env(metrics_host)}
+    haproxy_dir = None
+    if proxy is Proxy.haproxy:
+        # short: Ray adds a 40-character folder, and HAProxy's socket paths stop at 97
+        haproxy_dir = tempfile.mkdtemp(prefix="fsh-", dir="/tmp" if os.path.isdir("/tmp")
+                                       else None)
+        os.environ.update(haproxy_env(haproxy_dir))
+        # one machine, no load balancer in front to tell: don't hold Ctrl-C for Ray's 30 s
+        # ingress drain (the chart keeps it)
+        defaults |= {**haproxy_tuning(), "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
+    return haproxy_dir
 
 
 def _print_ready(host: str, port: int, seconds: float, require_auth: bool) -> None:

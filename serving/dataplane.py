@@ -5,15 +5,18 @@ Knows the protocols and tasks, not HTTP and not Ray (the gateway is the thin par
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
-from serving.errors import BadRequest, InvalidInput, PayloadTooLarge
+from serving.errors import BadRequest, InvalidInput, PayloadTooLarge, RequestTimeout
 from serving.protocol import binary
-from serving.protocol.codec import rows_to_array
+from serving.protocol.codec import check_header, rows_to_array
 from serving.protocol.v1 import PredictRequest, PredictResponse, instances_to_columns
 from serving.protocol.v2 import InferenceRequest, InferenceResponse, ResponseOutput
 from serving.tasks import Task
@@ -21,18 +24,30 @@ from serving.tasks import Task
 Outputs = dict[str, np.ndarray]
 
 
-def check_size(raw: np.ndarray, max_instances: int) -> np.ndarray:
-    if len(raw) > max_instances:
-        raise PayloadTooLarge(
-            f"{len(raw)} instances in one request; the limit is {max_instances}"
-        )
-    return raw
+def check_count(count: int, max_instances: int) -> None:
+    """413 for a batch over the limit; every route counts before it decodes anything."""
+    if count > max_instances:
+        raise PayloadTooLarge(f"{count} instances in one request; the limit is {max_instances}")
+
+
+def records_limit(max_instances: int) -> dict[str, Any]:
+    """Validators for a task route's request model: its ``records`` are counted (413)
+    before pydantic validates any record."""
+
+    def count(cls: type[BaseModel], records: Any) -> Any:
+        if isinstance(records, list):
+            check_count(len(records), max_instances)  # not a ValueError: pydantic lets it out
+        return records
+
+    return {"count_records": field_validator("records", mode="before")(count)}
 
 
 def decode_v2(request: InferenceRequest, task: Task,
-              binary_inputs: dict[int, np.ndarray] | None = None) -> np.ndarray:
+              binary_inputs: dict[int, np.ndarray] | None = None,
+              max_instances: int | None = None) -> np.ndarray:
     """The task's raw batch from a V2 request (one input, named as in the metadata);
-    ``binary_inputs`` holds the inputs that came as binary tensor data, by position."""
+    ``binary_inputs`` holds the inputs that came as binary tensor data, by position. The
+    declared shape is checked and its batch counted before any data is converted."""
     spec = task.input_spec
     matching = [n for n, i in enumerate(request.inputs) if i.name == spec.name]
     if not matching:
@@ -43,6 +58,9 @@ def decode_v2(request: InferenceRequest, task: Task,
         raise InvalidInput(
             f"input '{spec.name}' must be {spec.datatype}, got {tensor.datatype}"
         )
+    if max_instances is not None:
+        check_header(tensor.name, tensor.datatype, tensor.shape)  # 422 for an absurd shape
+        check_count(tensor.shape[0] if tensor.shape else 1, max_instances)
     array = (binary_inputs or {}).get(matching[0])
     return task.check_raw(tensor.as_numpy() if array is None else array)
 
@@ -54,18 +72,24 @@ def v2_parameters(request: InferenceRequest) -> dict[str, Any] | None:
     return {k: v for k, v in request.parameters.items() if k not in binary.PARAMETERS}
 
 
+def requested_outputs(task: Task, request: InferenceRequest) -> list[str]:
+    """The outputs a V2 request asks for (all when it names none); an unknown one is a 422
+    before the model runs, so a refused request leaves no decision record."""
+    names = [spec.name for spec in task.output_specs]
+    asked = [o.name for o in request.outputs or []]
+    unknown = sorted(set(asked) - set(names))
+    if unknown:
+        raise InvalidInput(f"unknown output(s) {unknown}; this model has {names}")
+    return asked or names
+
+
 def encode_v2(
     task: Task, model: str, version: str, outputs: Outputs, request: InferenceRequest
 ) -> tuple[InferenceResponse, dict[str, np.ndarray]]:
     """The V2 answer, and the outputs the client asked to get as binary tensor data (left
     without ``data`` in the answer; ``serving.protocol.binary`` writes them)."""
-    names = [spec.name for spec in task.output_specs]
+    names = requested_outputs(task, request)
     asked = {o.name: o.parameters for o in request.outputs or []}
-    if asked:
-        unknown = sorted(set(asked) - set(names))
-        if unknown:
-            raise InvalidInput(f"unknown output(s) {unknown}; this model has {names}")
-        names = list(asked)
     raw = {n: outputs[n] for n in names if binary.wants_binary(request.parameters, asked.get(n))}
     return InferenceResponse(
         model_name=model,
@@ -76,9 +100,13 @@ def encode_v2(
     ), raw
 
 
-def decode_v1(request: PredictRequest, task: Task) -> np.ndarray:
-    """The task's raw batch from a TF-Serving request (rows or columns)."""
+def decode_v1(request: PredictRequest, task: Task,
+              max_instances: int | None = None) -> np.ndarray:
+    """The task's raw batch from a TF-Serving request (rows or columns), counted before
+    it is converted."""
     rows = instances_to_columns(request, task.input_spec.name)
+    if max_instances is not None:
+        check_count(len(rows), max_instances)
     return task.check_raw(rows_to_array(rows, task.input_spec))
 
 
@@ -96,10 +124,28 @@ def encode_v1(version: str, outputs: Outputs) -> PredictResponse:
     return PredictResponse(predictions=rows(outputs), model_version=version)
 
 
-def decode_records(records: list[BaseModel], task: Task) -> np.ndarray:
+def decode_records(records: list[BaseModel], task: Task,
+                   deadline: float = math.inf) -> np.ndarray:
+    """The task's raw batch from task route records (``deadline``: ``time.monotonic()``
+    past which a task with slow records gives up with ``RequestTimeout``)."""
     if not records:
         raise InvalidInput("no records to score")
-    return task.check_raw(task.records_to_raw(records))
+    return task.check_raw(task.records_to_raw_within(records, deadline))
+
+
+async def decode_records_within(records: list[BaseModel], task: Task,
+                                timeout_s: float) -> np.ndarray:
+    """``decode_records`` for the gateway: records that take real work (``slow_records``:
+    PNGs) are decoded off the event loop, within ``timeout_s`` (``RequestTimeout``, 504)."""
+    if not task.slow_records:
+        return decode_records(records, task)
+    deadline = time.monotonic() + timeout_s
+    work = asyncio.to_thread(decode_records, records, task, deadline)
+    try:
+        return await asyncio.wait_for(work, timeout_s)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request's records were not decoded within {timeout_s:g}s") from None
 
 
 def jsonable(values: np.ndarray) -> list[Any]:

@@ -13,15 +13,18 @@ from serving.store import ModelStore
 
 
 def replay(trail: str, request_id: str, store: ModelStore, atol: float = 1e-5) -> dict[str, Any]:
-    """Find the record, check the artifact digest, predict again and compare outputs."""
+    """Find the record (by decision id or request id), check the artifact digest, predict
+    again and compare outputs."""
     record = audit.find(trail, request_id)
     model, version = record["model"], record["version"]
     manifest = store.manifest(model, version)
-    result: dict[str, Any] = {"request_id": request_id, "model": model, "version": version}
+    result: dict[str, Any] = {"request_id": record.get("request_id"),
+                              "decision_id": audit.decision_id(record), "model": model,
+                              "version": version}
     if manifest.artifact_sha256 != record["artifact_sha256"] or not store.verify(model, version):
         return {**result, "matches": False, "reason": "the stored artifact is not the one "
                 "that answered (digest differs)"}
-    if record["inputs"].get("tokenized"):
+    if record["inputs"].get("tokenized"):  # True (formats 1-3) or the tokenized names
         return {**result, "matches": False,
                 "reason": "the input holds tokenized personal fields; it cannot be re-run"}
     steps = TaskSteps(store, model, manifest.task, [version])
@@ -34,8 +37,10 @@ def replay(trail: str, request_id: str, store: ModelStore, atol: float = 1e-5) -
     batch = Batch(runner.predict_batch([(version, batch.data)])[0], batch.context)
     outputs = steps.postprocess(version, batch, record.get("parameters"))
     again = rows(outputs)
-    if isinstance(record["outputs"], dict):  # format 3: columns, tensors as the model gave
-        then, now = _examples(record["outputs"]), _examples(audit.recorded_outputs(outputs))
+    if isinstance(record["outputs"], dict):  # formats 3-4: columns, as the model gave them
+        recorded_now = audit.recorded_outputs(outputs)
+        then = _examples(record["outputs"])
+        now = _examples({n: recorded_now[n] for n in record["outputs"] if n in recorded_now})
     else:  # formats 1 and 2: one dict per example, as the answer lists it
         then, now = record["outputs"], again
     mismatches = _differences(then, now, atol)

@@ -5,6 +5,10 @@ Stages serve whichever version the gateway asks for: the configured versions are
 up front, any other published version is loaded on first use (versions are immutable, so
 this is safe). A rolling update whose gateway and stages briefly disagree on the version
 list therefore never fails a request.
+
+Every version is checked against its manifest as it loads (``ModelStore.verified``), once,
+never per request. A version that does not match is refused: it is logged with the file
+that differs, its requests get 503 (``IntegrityError``) and the model is not ready.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from serving.errors import ModelNotFound, ModelNotReady, VersionNotFound
-from serving.store import SAVED_MODEL_DIR, ModelStore
+from serving.store import SAVED_MODEL_DIR, IntegrityError, ModelStore, check_params
 from serving.tasks import Step, Task, get_task
 from serving.training import load_signature
 
@@ -48,15 +52,19 @@ class Batch:
 
     data: Any
     context: dict[str, np.ndarray] = field(default_factory=dict)
+    #: set by the Model stage: the verified digest of the SavedModel that produced ``data``
+    artifact_sha256: str | None = None
 
 
 class _Versions:
-    """Per-version state loaded from the store once, on demand, under a lock."""
+    """Per-version state loaded from the store once, on demand, under a lock. A version
+    refused by its integrity check stays refused in this process (``refused``)."""
 
     def __init__(self, store: ModelStore, model: str) -> None:
         self.store = store
         self.model = model
         self.loaded: dict[str, Any] = {}
+        self.refused: dict[str, str] = {}  # version: why
         self._lock = threading.Lock()
 
     def get(self, version: str) -> Any:
@@ -64,14 +72,29 @@ class _Versions:
         if state is not None:
             return state
         with self._lock:
+            if version in self.refused:
+                raise IntegrityError(self.refused[version])
             if version not in self.loaded:
                 try:
                     self.store.resolve(self.model, version)
                 except (ModelNotFound, VersionNotFound):
                     raise VersionNotFound(self.model, version, sorted(self.loaded)) from None
-                self.loaded[version] = self.load(version)
+                try:
+                    self.loaded[version] = self.load(version)
+                except IntegrityError as exc:
+                    self.refused[version] = exc.message
+                    log.error("%s", exc.message)
+                    raise
                 settle_heap()
             return self.loaded[version]
+
+    def preload(self, versions: list[str]) -> None:
+        """Load ``versions`` now; a refused one is logged and left out (it answers 503)."""
+        for version in versions:
+            try:
+                self.get(version)
+            except IntegrityError:
+                continue
 
     def load(self, version: str) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -91,11 +114,12 @@ class TaskSteps(_Versions):
     def configure(self, versions: list[str], options: dict[str, Any] | None = None) -> None:
         """Load the configured versions' parameters and set postprocessing options."""
         self.options = self.task.options(options)
-        for version in versions:
-            self.get(version)
+        self.preload(versions)
 
     def load(self, version: str) -> dict[str, Any]:
-        return self.store.manifest(self.model, version).preprocessing
+        manifest = self.store.manifest(self.model, version)
+        check_params(manifest)
+        return manifest.preprocessing
 
     def preprocess(self, version: str, raw: np.ndarray) -> Batch:
         params = self.get(version)
@@ -124,13 +148,26 @@ class ModelRunner(_Versions):
         self.task: Task = get_task(task)
         self.versions = list(versions)
         self.threads = (intra_op_threads, inter_op_threads)
-        self.digests: dict[str, str] = {}
+        self.digests: dict[str, str] = {}  # version: verified digest of what was loaded
+        self.verify_seconds: dict[str, float] = {}  # version: time its check took
         self.load_seconds: float | None = None
         self._configured = False
 
     @property
     def ready(self) -> bool:
+        """Configured, and every configured or preloaded version loaded (none refused)."""
         return self._configured and all(v in self.loaded for v in self.versions)
+
+    @property
+    def reason(self) -> str | None:
+        """Why a configured or preloaded version is not served, if one was refused."""
+        return "; ".join(self.refused[v] for v in self.versions if v in self.refused) or None
+
+    def artifact_sha256(self, version: str) -> str:
+        """The sha256 of the SavedModel files verified and loaded for ``version`` (the
+        digest a decision record binds); raises ``IntegrityError`` for a refused one."""
+        self.get(version)
+        return self.digests[version]
 
     def load_all(self, versions: list[str] | None = None) -> None:
         """Load and warm up the configured versions (before the replica takes traffic)."""
@@ -138,23 +175,32 @@ class ModelRunner(_Versions):
         _configure_tensorflow(*self.threads)
         if versions is not None:
             self.versions = list(versions)
-        for version in self.versions:
-            self.get(version)
+        super().preload(self.versions)
         self._configured = True
         self.load_seconds = time.perf_counter() - start
-        log.info("%s: versions %s ready in %.1fs", self.model, self.versions, self.load_seconds)
+        log.info("%s: versions %s loaded in %.1fs%s", self.model, self.versions,
+                 self.load_seconds, f", not ready: {self.reason}" if self.reason else "")
+
+    def preload(self, versions: list[str]) -> None:
+        """Load ``versions`` and count them in readiness from now on."""
+        self.versions = list(dict.fromkeys([*self.versions, *versions]))
+        super().preload(versions)
 
     def load(self, version: str) -> Any:
-        """Load one version's signature and pay its first, slow calls now."""
+        """Verify one version against its manifest, load its signature and pay its first,
+        slow calls now."""
         _configure_tensorflow(*self.threads)
-        manifest = self.store.manifest(self.model, version)
-        call = load_signature(self.store.local_path(self.model, version) / SAVED_MODEL_DIR)
+        verified = self.store.verified(self.model, version)
+        log.info("%s v%s: verified %s in %.3fs", self.model, version,
+                 verified.artifact_sha256[:12], verified.seconds)
+        call = load_signature(verified.path / SAVED_MODEL_DIR)
         example = self.task.preprocess(
-            self.task.sample_data(seed=1, n=8).raw, manifest.preprocessing
+            self.task.sample_data(seed=1, n=8).raw, verified.manifest.preprocessing
         )
         for size in (1, len(example)):
             call(example[:size])
-        self.digests[version] = manifest.artifact_sha256
+        self.digests[version] = verified.artifact_sha256
+        self.verify_seconds[version] = verified.seconds
         return call
 
     def predict_batch(

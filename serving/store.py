@@ -3,16 +3,25 @@
 A version is immutable once written: it is staged under a temporary name and published
 by writing ``manifest.json`` last, so a reader never sees half a version. ``root`` is a
 local folder or any fsspec URI (``s3://bucket/models``, ``memory://``).
+
+A version is verified against its manifest whenever it is loaded (``ModelStore.verified``):
+each SavedModel file's sha256, the set of files, the tree digest ``artifact_sha256`` and
+the preprocessing parameters' digest. Manifests written before per-file digests carry only
+``artifact_sha256``, which then verifies the files alone. A copy that does not match is
+refused with ``IntegrityError`` (HTTP 503) naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,11 +30,18 @@ import fsspec
 from pydantic import BaseModel, Field
 
 from serving import __version__
-from serving.errors import ModelNotFound, VersionExists, VersionNotFound
+from serving.errors import ModelNotFound, ModelNotReady, VersionExists, VersionNotFound
 
 MANIFEST = "manifest.json"
 SAVED_MODEL_DIR = "saved_model"
 LATEST = "latest"
+log = logging.getLogger("finserve.store")
+
+
+class IntegrityError(ModelNotReady):
+    """A stored version does not match its manifest, so it is refused (HTTP 503)."""
+
+    headers = None  # no Retry-After: it stays refused until the store is repaired
 
 
 class Manifest(BaseModel):
@@ -39,6 +55,15 @@ class Manifest(BaseModel):
         description="Source, row count and sha256 digest of the training data."
     )
     artifact_sha256: str = Field(description="sha256 over the SavedModel files.")
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        description="sha256 of each SavedModel file by its path below saved_model/ (empty in "
+        "older manifests: artifact_sha256 alone verifies those).",
+    )
+    preprocessing_sha256: str = Field(
+        "", description="sha256 of the preprocessing parameters as canonical JSON "
+        "(empty in older manifests)."
+    )
     metrics: dict[str, Any] = Field(description="Held-out metric and its baseline.")
     preprocessing: dict[str, Any] = Field(description="Parameters preprocessing needs.")
     training: dict[str, Any] = Field(default_factory=dict, description="Epochs, seed, sizes.")
@@ -50,17 +75,82 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def digest_dir(path: str | Path) -> str:
-    """sha256 over the relative paths and contents of every file below ``path``."""
+def hash_files(path: str | Path) -> tuple[str, dict[str, str]]:
+    """The tree digest (``digest_dir``) and each file's own sha256 by relative path, in one
+    read of every file below ``path``."""
     root = Path(path)
-    h = hashlib.sha256()
+    tree = hashlib.sha256()
+    files: dict[str, str] = {}
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(file.relative_to(root).as_posix().encode())
-        h.update(b"\0")
+        name = file.relative_to(root).as_posix()
+        tree.update(name.encode())
+        tree.update(b"\0")
+        own = hashlib.sha256()
         with file.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+                tree.update(chunk)
+                own.update(chunk)
+        files[name] = own.hexdigest()
+    return tree.hexdigest(), files
+
+
+def digest_dir(path: str | Path) -> str:
+    """sha256 over the relative paths and contents of every file below ``path``."""
+    return hash_files(path)[0]
+
+
+def params_digest(params: dict[str, Any]) -> str:
+    """sha256 of preprocessing parameters as canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_params(manifest: Manifest) -> None:
+    """Refuse parameters that no longer match ``preprocessing_sha256`` (when it is set)."""
+    digest = manifest.preprocessing_sha256
+    if digest and params_digest(manifest.preprocessing) != digest:
+        raise IntegrityError(f"{_named(manifest)} refused: {MANIFEST} 'preprocessing' does "
+                             "not match its preprocessing_sha256")
+
+
+def check_artifact(path: str | Path, manifest: Manifest) -> str:
+    """Check the version folder ``path`` against ``manifest``: parameters, the set of
+    SavedModel files, each file's sha256 and the tree digest. Returns the tree digest of
+    the bytes read; raises ``IntegrityError`` naming what differs."""
+    check_params(manifest)
+    tree, files = hash_files(Path(path) / SAVED_MODEL_DIR)
+    problems = _file_problems(files, manifest.files) if manifest.files else []
+    if not problems and tree != manifest.artifact_sha256:
+        problems = ["the SavedModel files do not match artifact_sha256"
+                    + ("" if manifest.files else " (the manifest has no per-file digests)")]
+    if problems:
+        raise IntegrityError(f"{_named(manifest)} refused: {'; '.join(problems)}")
+    return tree
+
+
+def _file_problems(actual: dict[str, str], expected: dict[str, str]) -> list[str]:
+    where = f"{SAVED_MODEL_DIR}/"
+    return [
+        *(f"{where}{n} is missing" for n in sorted(expected.keys() - actual.keys())),
+        *(f"{where}{n} is not in the manifest" for n in sorted(actual.keys() - expected.keys())),
+        *(f"{where}{n} does not match its sha256" for n in sorted(expected.keys() & actual.keys())
+          if expected[n] != actual[n]),
+    ]
+
+
+def _named(manifest: Manifest) -> str:
+    return f"model '{manifest.model}' version {manifest.version}"
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A version checked against its manifest: its local folder and the tree digest of the
+    files that were checked (``artifact_sha256``)."""
+
+    path: Path
+    manifest: Manifest
+    artifact_sha256: str
+    seconds: float
 
 
 class ModelStore:
@@ -114,35 +204,69 @@ class ModelStore:
         return version
 
     def manifest(self, model: str, version: str | int = LATEST) -> Manifest:
-        version = self.resolve(model, version)
+        return self._read_manifest(model, self.resolve(model, version))
+
+    def _read_manifest(self, model: str, version: str) -> Manifest:
         with self.fs.open(self._path(model, version, MANIFEST), "r") as f:
             return Manifest.model_validate_json(f.read())
 
     def local_path(self, model: str, version: str | int = LATEST) -> Path:
         """A local folder holding the version (downloaded and verified for remote roots)."""
-        version = self.resolve(model, version)
         if self.is_local:
-            return Path(self._path(model, version))
-        target = self.cache_dir / hashlib.sha256(self.root.encode()).hexdigest()[:12] / model
-        target = target / version
-        if not (target / MANIFEST).exists():
-            staging = target.with_name(f".{version}-{uuid.uuid4().hex[:8]}")
-            self.fs.get(self._path(model, version) + "/", str(staging) + "/", recursive=True)
-            manifest = Manifest.model_validate_json((staging / MANIFEST).read_text())
-            if digest_dir(staging / SAVED_MODEL_DIR) != manifest.artifact_sha256:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise ValueError(f"{model} v{version}: downloaded artifact digest mismatch")
-            if target.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-            else:
-                staging.rename(target)
-        return target
+            return Path(self._path(model, self.resolve(model, version)))
+        return self.verified(model, version).path
+
+    def verified(self, model: str, version: str | int = LATEST) -> Verified:
+        """The version's local folder, checked against its manifest now (``check_artifact``;
+        remote roots: the cached copy, against the store's manifest). Raises
+        ``IntegrityError`` naming the file that differs."""
+        started = time.perf_counter()
+        version = self.resolve(model, version)
+        manifest = self._read_manifest(model, version)
+        if self.is_local:
+            path = Path(self._path(model, version))
+            digest = check_artifact(path, manifest)
+        else:
+            path, digest = self._cached(model, version, manifest)
+        return Verified(path, manifest, digest, time.perf_counter() - started)
 
     def verify(self, model: str, version: str | int = LATEST) -> bool:
-        """True when the stored SavedModel still matches the manifest's digest."""
-        path = self.local_path(model, version)
-        manifest = Manifest.model_validate_json((path / MANIFEST).read_text())
-        return digest_dir(path / SAVED_MODEL_DIR) == manifest.artifact_sha256
+        """True when the stored version still matches its manifest (``verified``)."""
+        try:
+            self.verified(model, version)
+        except IntegrityError as exc:
+            log.warning("%s", exc.message)
+            return False
+        return True
+
+    def _cached(self, model: str, version: str, manifest: Manifest) -> tuple[Path, str]:
+        """A verified copy in the local cache, and its digest. A cached copy that does not
+        match the store's manifest is discarded and downloaded again; a download is checked
+        in a staging folder before it is renamed into place, never served half-written."""
+        target = self.cache_dir / hashlib.sha256(self.root.encode()).hexdigest()[:12] / model
+        target = target / version
+        if target.exists():
+            try:
+                return target, _check_copy(target, manifest)
+            except IntegrityError as exc:
+                log.warning("%s (cached copy %s); downloading it again", exc.message, target)
+                _discard(target)
+        staging = target.with_name(f".{version}-{uuid.uuid4().hex[:8]}")
+        try:
+            self.fs.get(self._path(model, version) + "/", str(staging) + "/", recursive=True)
+            digest = _check_copy(staging, manifest)
+        except IntegrityError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise IntegrityError(f"{exc.message} (as downloaded from {self.root})") from None
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        try:
+            staging.rename(target)
+        except OSError:  # another process put its verified copy in place meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+            return target, _check_copy(target, manifest)
+        return target, digest
 
     # --- writing ----------------------------------------------------------------------
     def next_version(self, model: str) -> str:
@@ -155,9 +279,12 @@ class ModelStore:
         final = self._path(model, version)
         if self.fs.exists(final):
             raise VersionExists(f"{model} version {version} already exists; versions are immutable")
-        manifest = manifest.model_copy(
-            update={"artifact_sha256": digest_dir(saved_model_dir), "model": model}
-        )
+        tree, files = hash_files(saved_model_dir)
+        params = json.loads(json.dumps(manifest.preprocessing))  # as a reader will parse them
+        manifest = manifest.model_copy(update={
+            "artifact_sha256": tree, "files": files, "model": model,
+            "preprocessing_sha256": params_digest(params),
+        })
         staging = self._path(model, f".staging-{version}-{uuid.uuid4().hex[:8]}")
         self.fs.makedirs(staging, exist_ok=True)
         self.fs.put(str(saved_model_dir) + "/", staging + f"/{SAVED_MODEL_DIR}/", recursive=True)
@@ -167,6 +294,28 @@ class ModelStore:
         if self.is_local:
             _make_read_only(Path(final))
         return manifest
+
+
+def _check_copy(path: Path, manifest: Manifest) -> str:
+    """``check_artifact`` for a downloaded copy, whose own manifest must be the store's."""
+    try:
+        copied = Manifest.model_validate_json((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        copied = None
+    if copied != manifest:
+        raise IntegrityError(f"{_named(manifest)} refused: its {MANIFEST} differs from the "
+                             "store's")
+    return check_artifact(path, manifest)
+
+
+def _discard(path: Path) -> None:
+    """Take a folder out of view at once (a rename), then delete it."""
+    aside = path.with_name(f".{path.name}-discarded-{uuid.uuid4().hex[:8]}")
+    try:
+        path.rename(aside)
+    except OSError:  # already gone, or replaced by another process
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _make_read_only(path: Path) -> None:

@@ -29,7 +29,17 @@ def choose_version(weights: dict[str, int], key: str | None) -> str:
 
 
 def read_shadow(location: str, model: str) -> Iterable[dict[str, Any]]:
-    fs, base = fsspec.core.url_to_fs(location.rstrip("/"))
+    """The shadow answers of ``model``: records of kind ``shadow`` in the trail, wherever it
+    is, and the ``shadow-*.jsonl`` files local trails kept before they were chained."""
+    from serving.audit import read_records
+    from serving.audit.sinks import is_local
+
+    for record in read_records(location, kind="shadow"):
+        if record.get("model") == model:
+            yield record
+    if not is_local(location):
+        return
+    fs, base = fsspec.core.url_to_fs(location.removeprefix("file://").rstrip("/"))
     for path in sorted(fs.glob(f"{base}/shadow-*.jsonl")):
         with fs.open(path, "rb") as f:
             for line in f:

@@ -126,7 +126,9 @@ def train(
                 "holdout_rows": len(holdout),
                 "sha256": data_digest(data),
             },
-            artifact_sha256="",  # computed by the store over the files it publishes
+            # the tree digest, each file's sha256 and the parameters' digest
+            # (preprocessing_sha256) are computed by the store as it publishes
+            artifact_sha256="",
             metrics=evaluation.as_dict(),
             preprocessing=stored_params(params),
             training={"epochs": epochs, "seed": seed, "batch_size": task.batch_size},

@@ -1,12 +1,15 @@
 """Conversions between wire tensors (datatype, shape, flat or nested data) and numpy.
 
-Checks happen here, at the boundary: datatype names, element counts against the
-declared shape, finiteness of floats, and each task's expected tensor shape.
+Checks happen here, at the boundary: datatype names, the declared shape (bounded, and
+matched by nested data row by row), element counts, finiteness of floats, and each task's
+expected tensor shape.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,9 @@ _OK = object()
 _JSON_NUMBERS = {int, float, bool}
 #: the most dimensions a wire tensor may declare (numpy's own limit is 64)
 MAX_RANK = 8
+#: the most elements a wire tensor may declare (a 0 dimension counted as 1); far more than
+#: any request body carries, so counts and shapes stay within int64 and numpy's limits
+MAX_ELEMENTS = 1 << 31
 _NUMPY_TO_V2 = {np.dtype(v).kind + str(np.dtype(v).itemsize): k for k, v in V2_DTYPES.items()}
 
 
@@ -74,21 +80,44 @@ def v2_datatype(array: np.ndarray) -> str:
         raise TypeError(f"no V2 datatype for numpy dtype {array.dtype}") from exc
 
 
-def _flatten(data: Any) -> list[Any]:
-    """Flatten nested lists (V2 allows either flat or row-major nested data)."""
+def _flatten(name: str, shape: list[int], data: Any) -> list[Any]:
+    """The elements of V2 data in row-major order: flat data as it is, nested data only when
+    every level has the length the declared shape gives it (ragged rows are an error, not
+    re-aligned)."""
     if not isinstance(data, list):
         return [data]
     if not data or not isinstance(data[0], list):
-        return data
-    out: list[Any] = []
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(reversed(item))
-        else:
-            out.append(item)
-    return out
+        return data  # flat; a list among the elements fails the element type check
+    if len(shape) < 2:
+        raise InvalidInput(f"input '{name}' has nested data but its shape {shape} has one "
+                           "dimension: send it flat")
+    if len(data) != shape[0]:
+        raise InvalidInput(f"input '{name}' has {len(data)} rows of nested data but its "
+                           f"shape {shape} says {shape[0]}")
+    level, depth = data, 0
+    while level and isinstance(level[0], list):
+        depth += 1
+        if depth >= len(shape):
+            raise InvalidInput(f"input '{name}' nests its data deeper than its shape {shape}")
+        want = shape[depth]
+        if set(map(type, level)) != {list} or set(map(len, level)) != {want}:
+            _raise_ragged(name, shape[:depth], level, want)
+        level = list(chain.from_iterable(level))
+    if depth != len(shape) - 1:
+        raise InvalidInput(f"input '{name}' nests its data {depth + 1} levels deep but its "
+                           f"shape {shape} has {len(shape)}: send it flat or fully nested")
+    return level
+
+
+def _raise_ragged(name: str, outer: list[int], level: list[Any], want: int) -> None:
+    """Name the first row of ``level`` (the lists at one depth) that is not ``want`` long."""
+    index = next(i for i, row in enumerate(level) if not isinstance(row, list) or len(row) != want)
+    row = level[index]
+    where = "row " + (str(index) if len(outer) == 1 else
+                      "".join(f"[{int(i)}]" for i in np.unravel_index(index, outer)))
+    got = (f"has {len(row)} values, expected {want}" if isinstance(row, list)
+           else f"is not a list of {want} values")
+    raise InvalidInput(f"input '{name}': {where} {got}")
 
 
 def check_header(name: str, datatype: Any, shape: Any) -> tuple[Any, int]:
@@ -104,13 +133,17 @@ def check_header(name: str, datatype: Any, shape: Any) -> tuple[Any, int]:
         raise InvalidInput(f"input '{name}' has an invalid shape {shape}")
     if len(shape) > MAX_RANK:
         raise InvalidInput(f"input '{name}' has {len(shape)} dimensions; at most {MAX_RANK}")
-    return dtype, int(np.prod(shape)) if shape else 1
+    # Python ints (np.prod wraps around past int64); a 0 counted as 1, as numpy bounds it
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise InvalidInput(f"input '{name}' declares shape {shape}: a tensor has at most "
+                           f"{MAX_ELEMENTS} elements, not counting a 0 dimension")
+    return dtype, math.prod(shape)
 
 
 def to_numpy(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
     """Decode one wire tensor to numpy, checking datatype, element count and finiteness."""
     dtype, expected = check_header(name, datatype, shape)
-    flat = _flatten(data)
+    flat = _flatten(name, shape, data)
     if len(flat) != expected:
         raise InvalidInput(
             f"input '{name}' declares shape {shape} ({expected} elements) "

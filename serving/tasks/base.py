@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from serving.errors import InvalidInput
 from serving.protocol.codec import TensorSpec
+from serving.tasks._domain import record_domain
 
 
 @dataclass
@@ -86,9 +87,19 @@ class Task(abc.ABC):
     #: per-request parameters (V2 ``parameters``, V1 ``parameters``, task route
     #: ``parameters``), validated at the gateway; None when the task takes none
     Parameters: ClassVar[type[BaseModel] | None] = None
-    #: record fields that identify a person; tokenized in the decision trail (when the raw
-    #: input tensor is named here, the whole raw input is tokenized)
+    #: the ``Record`` fields the raw input holds, in its column order (one list field: the
+    #: same bounds for every element); their declared ranges, whole numbers, booleans (0/1)
+    #: and categories (index) are checked on every protocol's raw batch (``check_raw``)
+    raw_fields: ClassVar[tuple[str, ...]] = ()
+    #: ``records_to_raw`` does real work (decodes images): the gateway runs it off its event
+    #: loop and within the request timeout
+    slow_records: ClassVar[bool] = False
+    #: record fields that identify a person; tokenized in the decision trail: the whole raw
+    #: input when its tensor is named here, else the named columns (``raw_fields``)
     personal_fields: ClassVar[tuple[str, ...]] = ()
+    #: outputs that follow from other outputs (reason statements from reason codes); the
+    #: decision trail records only their source
+    derived_outputs: ClassVar[tuple[str, ...]] = ()
 
     # --- data -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -125,6 +136,11 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def records_to_raw(self, records: list[BaseModel]) -> np.ndarray:
         """Named-field records (task route) to the raw input array."""
+
+    def records_to_raw_within(self, records: list[BaseModel], deadline: float) -> np.ndarray:
+        """``records_to_raw``; a task with ``slow_records`` stops with ``RequestTimeout``
+        once ``time.monotonic()`` passes ``deadline``."""
+        return self.records_to_raw(records)
 
     def context(self, raw: np.ndarray, params: dict[str, Any]) -> dict[str, np.ndarray]:
         """Per-example values the Preprocess stage hands to ``postprocess`` past the model
@@ -201,7 +217,8 @@ class Task(abc.ABC):
         return {**self.default_options, **(overrides or {})}
 
     def check_raw(self, raw: np.ndarray) -> np.ndarray:
-        """Check a raw batch against ``input_spec`` (shape, datatype, finiteness)."""
+        """Check a raw batch against ``input_spec`` (shape, datatype, finiteness) and the
+        values its ``Record`` declares (``raw_fields``); the one check of every protocol."""
         array = self.input_spec.check(raw)
         if self.input_spec.datatype == "BYTES":
             return array
@@ -209,4 +226,7 @@ class Task(abc.ABC):
             raise InvalidInput(f"input '{self.input_spec.name}' must be numeric")
         if not np.isfinite(array).all():
             raise InvalidInput(f"input '{self.input_spec.name}' contains NaN or infinity")
-        return array.astype(np.float32, copy=False)
+        array = array.astype(np.float32, copy=False)
+        if self.raw_fields:
+            record_domain(self.Record, self.raw_fields).check(array)
+        return array

@@ -148,6 +148,7 @@ class ForecastTask(Task):
     )
     route = "forecast"
     Record = PriceWindow
+    raw_fields = ("prices",)
     Parameters = ForecastParameters
     input_spec = TensorSpec(
         "prices", "FP32", (-1, WINDOW), f"the last {WINDOW} daily prices, oldest first, > 0"
@@ -219,11 +220,8 @@ class ForecastTask(Task):
         return np.array([r.prices for r in records], dtype=np.float32)
 
     def check_raw(self, raw: np.ndarray) -> np.ndarray:
+        """The Record's price bounds (``raw_fields``), then day-on-day moves."""
         array = super().check_raw(raw)
-        if (array <= 0).any():
-            raise InvalidInput("prices must be > 0")
-        if (array > MAX_PRICE).any():
-            raise InvalidInput(f"prices must be <= {MAX_PRICE:g}")
         if (np.abs(log_returns(array)) > np.log(MAX_DAILY_FACTOR)).any():
             raise InvalidInput(
                 f"a price moves by more than a factor {MAX_DAILY_FACTOR:g} from one day to the "

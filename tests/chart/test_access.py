@@ -328,7 +328,8 @@ def test_an_upgrade_rendered_without_the_cluster_refuses_to_replace_generated_se
     audit = render_error(sets=["apiKeys.testKey.enabled=false"], flags=["--is-upgrade"])
     assert "cannot read the Secret finserve-audit in namespace finserve-test" in audit
     assert "set audit.tokenKeySecret" in audit
-    keys = render_error(sets=["audit.tokenKeySecret=audit-key"], flags=["--is-upgrade"])
+    keys = render_error(sets=["audit.tokenKeySecret=audit-key", "audit.trailKeySecret=trail-key"],
+                        flags=["--is-upgrade"])
     assert "cannot read the Secret finserve-api-keys" in keys
     assert "apiKeys.existingSecret and apiKeys.testKey.existingSecret" in keys
 
@@ -358,7 +359,8 @@ def test_a_generated_key_file_is_new_on_each_render_without_the_cluster() -> Non
 
 def test_the_notes_say_what_was_generated_and_how_to_reach_rays_dashboard() -> None:
     text = install_notes()
-    assert "this render generated the helm-test key and the audit token key" in text
+    assert ("this render generated the helm-test key and the audit token key and the audit "
+            "trail key") in text
     assert "audit.tokenKeySecret" in text
     assert "(the helm-test key: it may call only fraud, sentiment, credit" in text
     assert "port-forward svc/finserve-head-svc 8265:8265" in text

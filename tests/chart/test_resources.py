@@ -142,21 +142,49 @@ def test_an_existing_key_file_secret_is_used_and_none_is_created() -> None:
         assert volumes["api-keys"]["secret"]["secretName"] == "finserve-api-keys", label
 
 
-def test_every_ray_container_shares_the_audit_token_key() -> None:
+def test_every_ray_container_shares_the_audit_keys() -> None:
     objects = render()
-    token = secret_named(objects, "finserve-audit")["data"]["token-key"]
-    assert len(base64.b64decode(token)) == 48
+    secret = secret_named(objects, "finserve-audit")["data"]
+    for name, var in (("token-key", "FINSERVE_TOKEN_KEY"), ("trail-key", "FINSERVE_TRAIL_KEY")):
+        assert len(base64.b64decode(secret[name])) == 48
+        for label, container in ray_containers(objects):
+            ref = env_of(container)[var]["secretKeyRef"]
+            assert ref == {"name": "finserve-audit", "key": name}, label
+    for _, container in ray_containers(render("production")):
+        env = env_of(container)
+        assert env["FINSERVE_TOKEN_KEY"]["secretKeyRef"]["name"] == "finserve-audit-token-key"
+        assert env["FINSERVE_TRAIL_KEY"]["secretKeyRef"]["name"] == "finserve-audit-trail-key"
+
+
+def test_the_decision_trail_is_durable_by_default_on_a_claim_every_ray_pod_mounts() -> None:
+    objects = render()
+    audit = serve_args().audit
+    assert audit.location == "/var/lib/finserve/audit/trail" and audit.keys_dir is None
+    claim = next(o for o in objects if o["kind"] == "PersistentVolumeClaim"
+                 and o["metadata"]["name"] == "finserve-audit")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for label, spec in pod_specs(objects):
+        if label.startswith("pod "):
+            continue
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["audit"]["persistentVolumeClaim"]["claimName"] == "finserve-audit"
     for label, container in ray_containers(objects):
-        ref = env_of(container)["FINSERVE_TOKEN_KEY"]["secretKeyRef"]
-        assert ref == {"name": "finserve-audit", "key": "token-key"}, label
-    for label, container in ray_containers(render("production")):
-        ref = env_of(container)["FINSERVE_TOKEN_KEY"]["secretKeyRef"]
-        assert ref["name"] == "finserve-audit-token-key", label
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["audit"]["mountPath"] == "/var/lib/finserve/audit", label
+        assert not mounts["audit"].get("readOnly"), label
 
 
-def test_the_decision_trail_goes_where_a_read_only_pod_can_write() -> None:
-    assert serve_args().audit.location == "stdout"
-    assert serve_args("production").audit.location == "s3://bank-audit/finserve"
+def test_a_database_trail_takes_its_url_from_a_secret_never_from_the_config() -> None:
+    objects = render("production")
+    audit = serve_args("production").audit
+    assert audit.location == "env:FINSERVE_AUDIT_URL" and audit.keys_dir is None
+    assert audit.checkpoint_location == "s3://bank-audit-checkpoints/finserve"
+    assert "PersistentVolumeClaim" not in {o["kind"] for o in objects
+                                           if o["metadata"]["name"] == "finserve-audit"}
+    for label, container in ray_containers(objects):
+        ref = env_of(container)["FINSERVE_AUDIT_URL"]["secretKeyRef"]
+        assert ref == {"name": "finserve-audit-db", "key": "url"}, label
 
 
 def test_s3_credentials_come_from_the_credentials_secret() -> None:
@@ -170,7 +198,8 @@ def test_s3_credentials_come_from_the_credentials_secret() -> None:
 
 
 def test_an_existing_claim_is_mounted_and_none_is_created(tmp_path: Path) -> None:
-    values = {"modelStore": {"type": "pvc", "pvc": {"existingClaim": "models-nfs"}}}
+    values = {"modelStore": {"type": "pvc", "pvc": {"existingClaim": "models-nfs"}},
+              "audit": {"pvc": {"existingClaim": "trail-nfs"}}}
     objects = render(write_values(tmp_path, values))
     assert "PersistentVolumeClaim" not in {o["kind"] for o in objects}
     for label, spec in pod_specs(objects):
@@ -178,7 +207,7 @@ def test_an_existing_claim_is_mounted_and_none_is_created(tmp_path: Path) -> Non
             continue
         claims = [v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]
                   if "persistentVolumeClaim" in v]
-        assert claims == ["models-nfs"], label
+        assert claims == ["trail-nfs", "models-nfs"], label
 
 
 def test_network_policy_opens_serve_only_to_listed_peers_and_the_helm_test() -> None:
@@ -221,9 +250,11 @@ def test_notes_use_the_ingress_host_over_https_in_production() -> None:
 def test_the_grafana_dashboard_ships_as_a_configmap_over_finserve_metrics():
     import json
 
-    from tests.chart.chartlib import one, render
+    from tests.chart.chartlib import render
 
-    dashboard = one(render(), "ConfigMap")
+    # the one ConfigMap for Grafana's sidecar (the HAProxy launcher is another ConfigMap)
+    (dashboard,) = [o for o in render() if o["kind"] == "ConfigMap"
+                    and "finserve.json" in o.get("data", {})]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     board = json.loads(dashboard["data"]["finserve.json"])
     exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])

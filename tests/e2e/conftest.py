@@ -12,6 +12,7 @@ the namespace afterwards for a look.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,6 +95,29 @@ def _caller_key(tmp: Path) -> tuple[str, Path]:
     return key, values
 
 
+#: the host folder behind the decision trail's volume (this one-node cluster has no
+#: storage provisioner, so the test makes the PersistentVolume the chart's claim binds to)
+TRAIL_HOST_PATH = Path("/var/lib/finserve-e2e/audit")
+TRAIL_PV = "finserve-e2e-audit"
+
+
+def trail_volume() -> None:
+    """A fresh hostPath PersistentVolume pre-bound to the chart's `finserve-audit` claim:
+    what a cluster's storage would give it, on one node."""
+    kubectl("delete", "pv", TRAIL_PV, "--ignore-not-found", "--wait=false")
+    kubectl("patch", "pv", TRAIL_PV, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+            check=False)
+    shutil.rmtree(TRAIL_HOST_PATH, ignore_errors=True)
+    TRAIL_HOST_PATH.mkdir(parents=True)
+    TRAIL_HOST_PATH.chmod(0o777)  # the Ray pods write as uid 1000
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": TRAIL_PV},
+          "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteMany"],
+                   "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                   "hostPath": {"path": str(TRAIL_HOST_PATH), "type": "Directory"},
+                   "claimRef": {"namespace": NAMESPACE, "name": "finserve-audit"}}}
+    run(tool("kubectl"), "apply", "-f", "-", input=yaml.safe_dump(pv))
+
+
 @pytest.fixture(scope="session")
 def release(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     """The chart installed in a fresh namespace with its default values, the image and a
@@ -102,6 +126,7 @@ def release(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     namespace deleted, at the end of the session."""
     kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait", timeout=600)
     kubectl("create", "namespace", NAMESPACE)
+    trail_volume()
     repo, tag = image()
     key, key_values = _caller_key(tmp_path_factory.mktemp("keys"))
     rel = Release(NAMESPACE, RELEASE, key, repo, tag)
@@ -119,3 +144,4 @@ def release(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             run(tool("helm"), "uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False,
                 timeout=600)
             kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false")
+            kubectl("delete", "pv", TRAIL_PV, "--ignore-not-found", "--wait=false")

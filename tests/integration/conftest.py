@@ -40,10 +40,12 @@ KEYS = {
 
 
 def app_args(store_uri: str, audit: str, keys_file: str | None = None,
-             **limits: Any) -> dict[str, Any]:
+             keys_dir: str | None = None, **limits: Any) -> dict[str, Any]:
+    """The session app's arguments; the trail's key files in ``keys_dir`` (default: beside
+    the trail, ``<audit>-keys``)."""
     return {
         "store_uri": store_uri,
-        "audit": {"location": audit},
+        "audit": {"location": audit, "keys_dir": keys_dir or f"{audit}-keys"},
         "security": {"api_keys_file": keys_file},
         "limits": {"max_body_bytes": 65536, "max_instances": 64, **limits},
         # every placement is served: fraud's Model stage is a deployment of its own (the

@@ -1,28 +1,102 @@
 """`finserve serve` as a user runs it: its own local Ray behind the HAProxy ingress,
-answering, then stopped by SIGTERM with the port released and no HAProxy left behind."""
+answering, with only loopback ports of its own, then stopped by SIGTERM with the port
+released and no HAProxy left behind.
+
+``finserve_serve`` starts it for other tiers too (the reliability tier's slow-client and
+key revocation tests)."""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import pytest
 import yaml
 
-from deployments.deploy import free_port, haproxy_tuning
+from deployments.deploy import PATCH_MARK, IngressTimeouts, free_port, haproxy_tuning
 from tests.conftest import golden
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def _haproxies() -> set[int]:
+@dataclass
+class FinServe:
+    """A running `finserve serve` subprocess (its own session: Ray and HAProxy in it)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    #: pids of HAProxy processes from other servers, running when it started
+    others: set[int] = field(default_factory=set)
+
+    def haproxies(self) -> set[int]:
+        """Pids of the HAProxy processes it runs now."""
+        return haproxies() - self.others
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 120) -> tuple[int, float]:
+        """SIGTERM, as Ctrl-C or a service manager stops it; (exit code, seconds)."""
+        started = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout_s), time.monotonic() - started
+
+
+@contextlib.contextmanager
+def finserve_serve(folder: Path, args: dict[str, Any], *options: str,
+                   env: dict[str, str] | None = None) -> Iterator[FinServe]:
+    """`finserve serve --no-train` on a config of one application with ``args``, ready
+    (/v2/health/ready answers 200) when entered, stopped on exit."""
+    port = free_port()
+    config = {
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [{"name": "finserve", "route_prefix": "/",
+                          "import_path": "deployments.app:build_app", "args": args}],
+    }
+    path = folder / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = folder / "serve.log"
+    others = haproxies()
+    cli = Path(sys.executable).with_name("finserve")
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(cli), "serve", "--config", str(path), "--no-train",
+                                 *options], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+    served = FinServe(proc, port, log, others)
+    try:
+        def ready() -> bool:
+            assert proc.poll() is None, served.output()[-3000:]
+            try:
+                return httpx.get(f"{served.url}/v2/health/ready", timeout=10).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=240, interval=1)
+        yield served
+    finally:
+        served.stop()
+
+
+def haproxies() -> set[int]:
     """Pids of HAProxy processes that `finserve serve` started (config under /tmp/fsh-)."""
     pids = set()
     for entry in Path("/proc").iterdir():
@@ -34,6 +108,15 @@ def _haproxies() -> set[int]:
     return pids
 
 
+def haproxy_config(pids: set[int]) -> str:
+    """The config file ``pids`` run on (Ray rewrites the one file on every reload)."""
+    for pid in sorted(pids, reverse=True):  # an older one may be exiting after a reload
+        with contextlib.suppress(OSError):
+            cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+            return Path(cmdline[cmdline.index(b"-f") + 1].decode()).read_text()
+    raise AssertionError(f"none of the HAProxy processes {pids} is running")
+
+
 def _port_free(port: int) -> bool:
     import socket
 
@@ -41,15 +124,86 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _assert_haproxy_set_up_as_measured(pids: set[int]) -> None:
+def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address of /proc/net/tcp{,6}: 32-bit words in host (little-endian) order."""
+    raw = bytes.fromhex(hex_address)
+    return ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+
+
+def listening(session: int) -> list[tuple[str, int, int, str]]:
+    """(address, port, pid, process name) of every TCP socket the processes of
+    ``session`` listen on, from /proc (what `ss -ltnp` shows)."""
+    inodes: dict[str, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or os.getsid(int(entry.name)) != session:
+                continue
+            name = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            for fd in (entry / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes[link[8:-1]] = (int(entry.name), name)
+        except OSError:  # exited meanwhile
+            continue
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # LISTEN
+                address, port = local.split(":")
+                found.append((str(_address(address)), int(port, 16), *inodes[inode]))
+    return found
+
+
+def loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def refuses_unauthenticated_grpc(port: int) -> bool:
+    """Whether Ray's token authentication refuses a gRPC call without its token."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/ray.serve.ASGIService/HandleRequest")
+        try:
+            call(b"", timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+    return False
+
+
+@pytest.fixture(scope="module")
+def served(tiny_store, tmp_path_factory) -> Iterator[FinServe]:
+    folder = tmp_path_factory.mktemp("finserve-serve")
+    args = {"store_uri": tiny_store.root,
+            "audit": {"location": str(folder / "a"), "keys_dir": str(folder / "k")},
+            "models": [{"name": "fraud"}]}
+    with finserve_serve(folder, args) as server:
+        yield server
+
+
+def test_finserve_serve_answers_behind_haproxy_set_up_as_measured(served):
     """No per-request syslog datagram to Ray's metrics socket (benchmarks/levers.md, row
     27): HAProxy's own Prometheus exporter counts the requests instead; one thread per 8
-    CPUs (row 32)."""
-    cmdline = (Path("/proc") / str(min(pids)) / "cmdline").read_bytes().split(b"\0")
-    config = Path(cmdline[cmdline.index(b"-f") + 1].decode()).read_text()
+    CPUs (row 32); and the slow-client limits Ray's template has no setting for."""
+    r = httpx.post(f"{served.url}/v1/fraud/score", json=golden("fraud_task_request.json"),
+                   timeout=10)
+    assert r.status_code == 200 and r.json()["model"] == "fraud"
+    assert served.haproxies(), "no HAProxy serves the port"
+    assert httpx.get(f"{served.url}/-/healthz", timeout=10).status_code == 200
+    config = haproxy_config(served.haproxies())
     assert re.search(r"^\s*nbthread (\d+)$", config, re.M).group(1) == haproxy_tuning()[
         "RAY_SERVE_HAPROXY_NBTHREAD"]
     assert "metrics.sock" not in config
+    limits = IngressTimeouts()
+    defaults = config.split("\ndefaults\n", 1)[1].split("\nfrontend ", 1)[0]
+    assert PATCH_MARK in defaults and "option http-buffer-request" in defaults
+    assert f"timeout http-request {limits.request_s}s" in defaults
+    assert f"timeout client {limits.client_s}s" in defaults
+    # ours comes after Ray's own line (its 90 s), so it is the one in force
+    assert re.findall(r"timeout http-keep-alive (\d+)s", defaults)[-1] == str(
+        limits.keep_alive_s)
     exporter = config.split("frontend prometheus", 1)[1]
     metrics_port = int(re.search(r"bind \S*:(\d+)", exporter).group(1))
     text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
@@ -59,47 +213,29 @@ def _assert_haproxy_set_up_as_measured(pids: set[int]) -> None:
     assert answered and answered[0] >= 1, text[:2000]
 
 
-def test_finserve_serve_answers_behind_haproxy_and_releases_the_port_on_sigterm(
-        tiny_store, tmp_path):
-    port = free_port()
-    config = {
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [{
-            "name": "finserve", "route_prefix": "/", "import_path": "deployments.app:build_app",
-            "args": {"store_uri": tiny_store.root, "audit": {"location": str(tmp_path / "a")},
-                     "models": [{"name": "fraud"}]},
-        }],
-    }
-    path = tmp_path / "serve.yaml"
-    path.write_text(yaml.safe_dump(config))
-    before = _haproxies()
-    log = (tmp_path / "serve.log").open("w")
-    cli = Path(sys.executable).with_name("finserve")
-    proc = subprocess.Popen([str(cli), "serve", "--config", str(path), "--no-train"],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    try:
-        def answer() -> httpx.Response | None:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                r = httpx.post(f"http://127.0.0.1:{port}/v1/fraud/score",
-                               json=golden("fraud_task_request.json"), timeout=10)
-            except httpx.HTTPError:
-                return None
-            return r if r.status_code == 200 else None
+def test_finserve_serve_listens_on_loopback_only(served):
+    """Every TCP port the server's processes (Ray, HAProxy, replicas) listen on is on
+    loopback, but one Ray fixes: each replica's inter-deployment gRPC server binds [::]
+    (ray/serve/_private/replica.py, no setting), and Ray's token authentication, on by
+    default for a local Ray, refuses calls without the token there."""
+    ports = listening(served.proc.pid)
+    open_ports = [p for p in ports if not loopback(p[0])]
+    replica_grpc = [p for p in open_ports if p[3].startswith("ray::ServeReplica")]
+    names = {p[3].split()[0].rsplit("/", 1)[-1] for p in ports}
+    print(f"\nfinserve serve listens on {len(ports)} ports ({', '.join(sorted(names))}); "
+          f"not loopback: {[(p[0], p[1], p[3]) for p in open_ports]}")
+    assert served.port in {p[1] for p in ports if p[0] == "127.0.0.1"}
+    assert {"gcs_server", "raylet", "haproxy"} <= names, names
+    assert len(replica_grpc) == 1 and replica_grpc[0][0] == "::", ports
+    assert open_ports == replica_grpc, open_ports
+    assert refuses_unauthenticated_grpc(replica_grpc[0][1])
 
-        r = wait_for(answer, timeout=240, interval=1)
-        assert r.json()["model"] == "fraud"
-        assert _haproxies() - before, "no HAProxy serves the port"
-        assert httpx.get(f"http://127.0.0.1:{port}/-/healthz", timeout=10).status_code == 200
-        _assert_haproxy_set_up_as_measured(_haproxies() - before)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        code = proc.wait(timeout=120)
-        log.close()
-    output = (tmp_path / "serve.log").read_text()
+
+def test_finserve_serve_releases_the_port_on_sigterm_with_no_haproxy_left(served):
+    code, seconds = served.stop()
+    output = served.output()
     assert code == 0, output[-3000:]
     assert "stopped; port released" in output
-    assert _port_free(port)
-    assert not (_haproxies() - before), "an HAProxy outlived finserve serve"
-    print(f"\nfinserve serve stopped {time.monotonic() - started:.1f} s after SIGTERM")
+    assert _port_free(served.port)
+    assert not served.haproxies(), "an HAProxy outlived finserve serve"
+    print(f"\nfinserve serve stopped {seconds:.1f} s after SIGTERM")

@@ -190,3 +190,28 @@ def test_binary_input_with_json_output_and_bad_binary_bodies(client, base_url):
     r = client.post("/v2/models/fraud/infer", content=raw,
                     headers={**headers, "Inference-Header-Content-Length": "x"})
     assert r.status_code == 400 and "byte count" in r.json()["error"]
+
+
+def test_every_protocol_refuses_what_the_task_routes_record_refuses(client, base_url):
+    """One domain check: merchant_risk -50 turned this block into an approve on V2 (JSON and
+    binary) and TF-Serving, while the task route's Record refused it."""
+    triton, _ = _triton(base_url)
+    row = [950.0, 3, -50, 1200.0, 6, 0, 1, 20, 7.5]
+    features = triton.InferInput("features", [1, 9], "FP32")
+    features.set_data_from_numpy(np.array([row], np.float32), binary_data=True)
+    raw, length = triton.InferenceServerClient.generate_request_body([features])
+    record = {**golden("fraud_task_request.json")["records"][0], "merchant_risk": -50}
+    answers = {
+        "v2": client.post("/v2/models/fraud/infer", json={"inputs": [
+            {"name": "features", "shape": [1, 9], "datatype": "FP32", "data": row}]}),
+        "v2 binary": client.post("/v2/models/fraud/infer", content=raw,
+                                 headers={"Inference-Header-Content-Length": str(length)}),
+        "tf-serving": client.post("/v1/models/fraud:predict", json={"instances": [row]}),
+        "task route": client.post("/v1/fraud/score", json={"records": [record]}),
+    }
+    for protocol, r in answers.items():
+        assert r.status_code == 422, (protocol, r.text)
+        assert "merchant_risk" in r.json()["error"], (protocol, r.text)
+    for protocol in ("v2", "v2 binary", "tf-serving"):
+        assert answers[protocol].json()["error"] == (
+            "merchant_risk must be >= 0 and <= 1; got -50 in example 0")

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from serving import audit
+from serving.audit.keys import TOKEN_PREFIX
 from serving.cli import app as cli
 from tests.conftest import golden
 from tests.integration.conftest import app_args, wait_for
@@ -37,11 +38,38 @@ def test_keys_when_sent_are_checked_scoped_and_rate_limited(client, api_keys):
     assert int(limited[0].headers["retry-after"]) >= 1
 
 
+def test_403_and_429_come_before_the_body_is_read_and_unknown_models_still_get_404(
+        client, api_keys):
+    """The key's scope and rate are checked on the path alone: a body that is not JSON, or
+    one just under the 64 kB limit, gets the 403 or 429, never the 400 it would earn."""
+    large = b'{"records": [' + b"x" * 60_000  # not JSON either, under max_body_bytes
+    for body in (b"{not json", large):
+        for path in ("/v1/sentiment/analyze", "/v2/models/sentiment/infer",
+                     "/v1/models/sentiment:predict", "/v1/models/sentiment/versions/1:predict"):
+            r = client.post(path, content=body, headers=_bearer(api_keys["fraud-desk"]))
+            assert r.status_code == 403, (path, r.status_code, r.text)
+            assert "may not call model 'sentiment'" in r.json()["error"]
+    # the slow key (1 request/s): whatever passes its rate is refused for the body, the
+    # rest for the rate, before their bodies are read
+    statuses = [client.post("/v2/models/fraud/infer", content=body,
+                            headers=_bearer(api_keys["slow"])).status_code
+                for body in (b"{not json", large, b"{not json", large)]
+    assert set(statuses) <= {400, 429} and statuses.count(429) >= 3, statuses
+    ops = _bearer(api_keys["ops"])
+    assert client.post("/v2/models/fraud/infer", content=b"{not json",
+                       headers=ops).status_code == 400  # an admitted key: the body's answer
+    for path, body in (("/v2/models/nope/infer", golden("fraud_v2_request.json")),
+                       ("/v1/models/nope:predict", golden("fraud_v1_request.json")),
+                       ("/v1/nope/score", golden("fraud_task_request.json"))):
+        r = client.post(path, json=body, headers=ops)
+        assert r.status_code == 404, (path, r.text)
+
+
 @pytest.fixture(scope="module")
-def strict_url(ray_serve, serve_apps, base_url, tiny_store, api_keys):
+def strict_url(ray_serve, serve_apps, base_url, tiny_store, api_keys, tmp_path_factory):
     """An app that requires keys and whose decision trail cannot be written."""
     args = app_args(tiny_store.root, "/proc/finserve-trail-cannot-exist",
-                    keys_file=api_keys["file"])
+                    keys_file=api_keys["file"], keys_dir=str(tmp_path_factory.mktemp("keys")))
     args["security"]["require_auth"] = True
     args["models"] = [{"name": "sentiment"}]
     serve_apps.put("strict", args, route_prefix="/strict")
@@ -89,9 +117,49 @@ def test_every_answer_leaves_one_record_and_errors_none(client, trail, api_keys)
     # the outputs as columns, one value per example; reason codes are part of the record
     assert {len(column) for column in credit["outputs"].values()} == {2}
     assert any(credit["outputs"]["reason_codes"][1])
-    assert len(credit["artifact_sha256"]) == 64 and len(credit["input_sha256"]) == 64
-    result = CliRunner().invoke(cli, ["audit", "verify", "--trail", str(trail)])
+    assert len(credit["artifact_sha256"]) == 64 and len(credit["mac"]) == 32
+    assert "reasons" not in credit["outputs"]  # they follow from the codes: recorded once
+    _verified(trail)
+
+
+def _verified(trail) -> str:
+    """`finserve audit verify` with only the public key, as an auditor runs it."""
+    result = CliRunner().invoke(cli, ["audit", "verify", "--trail", str(trail),
+                                      "--public-key", f"{trail}-keys/trail.pub"])
     assert result.exit_code == 0 and "intact" in result.output, result.output
+    return result.output
+
+
+def test_a_refused_request_writes_no_record(client, trail):
+    """4xx after the model ran (an output the model does not have) is refused before it."""
+    rid = f"refused-{uuid.uuid4().hex[:8]}"
+    body = {**golden("fraud_v2_request.json"), "outputs": [{"name": "no_such_output"}]}
+    r = client.post("/v2/models/fraud/infer", json=body, headers={"x-request-id": rid})
+    assert r.status_code == 422 and "no_such_output" in r.json()["error"]
+    assert not _records(trail, {rid})
+
+
+def test_a_reused_request_id_keeps_each_decision_apart(client, trail, tiny_store):
+    rid = f"reused-{uuid.uuid4().hex[:8]}"
+    body = golden("fraud_v2_request.json")
+    answers = [client.post("/v2/models/fraud/infer", json=body, headers={"x-request-id": rid})
+               for _ in range(2)]
+    ids = [a.headers["x-decision-id"] for a in answers]
+    assert all(a.status_code == 200 for a in answers) and len(set(ids)) == 2
+    runner = CliRunner()
+    ambiguous = runner.invoke(cli, ["audit", "replay", rid, "--trail", str(trail),
+                                    "--store", tiny_store.root])
+    assert ambiguous.exit_code == 2 and ids[0] in ambiguous.output, ambiguous.output
+    exact = runner.invoke(cli, ["audit", "replay", ids[1], "--trail", str(trail),
+                                "--store", tiny_store.root])
+    assert exact.exit_code == 0 and '"matches": true' in exact.output, exact.output
+
+
+@pytest.mark.parametrize("rid", ["x" * 129, "bad id", "a\tb", "é"])
+def test_a_request_id_of_unbounded_length_or_odd_characters_is_refused(client, trail, rid):
+    r = client.post("/v2/models/fraud/infer", json=golden("fraud_v2_request.json"),
+                    headers={"x-request-id": rid.encode()})
+    assert r.status_code == 400 and "x-request-id" in r.json()["error"]
 
 
 def test_a_recorded_decision_replays_on_the_version_it_names(client, trail, tiny_store):
@@ -113,5 +181,5 @@ def test_personal_fields_never_reach_the_trail_in_clear(client, trail):
     record = wait_for(lambda: _records(trail, {rid}))[0]
     text = json.dumps(record)
     assert "C000001" not in text and "jane.doe" not in text
-    assert record["inputs"]["tokenized"] is True
-    assert all(v.startswith(audit.TOKEN_PREFIX) for v in record["inputs"]["data"])
+    assert record["inputs"]["tokenized"] == ["customer_id"]
+    assert all(v.startswith(TOKEN_PREFIX) for v in record["inputs"]["data"])

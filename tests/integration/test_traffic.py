@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 from typer.testing import CliRunner
 
+from serving.audit import read_records
 from serving.cli import app as cli
 from tests.conftest import golden
 from tests.integration.conftest import SESSION_ROUTING, wait_for
@@ -67,16 +68,17 @@ def test_a_canary_split_is_weighted_and_sticky_per_customer(client, redeploy):
 
 def test_a_shadow_version_sees_live_traffic_but_never_answers(client, redeploy, trail):
     redeploy(lambda fraud: fraud.update(shadow="3"))
-    before = sum(1 for _ in trail.glob("shadow-*.jsonl") for _ in _.open())
+    def shadow_lines() -> int:
+        """Shadow answers are records of kind shadow in the trail itself (format 4)."""
+        return sum(1 for _ in read_records(str(trail), kind="shadow"))
+
+    before = shadow_lines()
     body = golden("fraud_task_request.json")
     for _ in range(25):
         r = client.post("/v1/fraud/score", json=body)
         assert r.status_code == 200 and r.json()["version"] == "2"
 
-    def shadow_lines() -> int:
-        return sum(1 for f in trail.glob("shadow-*.jsonl") for _ in f.open()) - before
-
-    wait_for(lambda: shadow_lines() >= 25, timeout=120)
+    wait_for(lambda: shadow_lines() - before >= 25, timeout=120)
     result = CliRunner().invoke(cli, ["compare", "fraud", "--trail", str(trail)])
     assert result.exit_code == 0, result.output
     assert '"agreement"' in result.output and '"mean_abs_diff"' in result.output

@@ -68,3 +68,29 @@ def ledger(base_url: str, trail: Path) -> Ledger:
     """Every prediction request the tier sends, by request id, with the status it got."""
     return Ledger(trail)
 
+
+@pytest.fixture(scope="session")
+def finserve_served(tiny_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`finserve serve` as users run it (its own Ray behind the HAProxy ingress, in a
+    subprocess), requiring API keys, with two gateway replicas serving fraud: the server,
+    its key file and the plaintext of each key (``steady`` and ``revoked``)."""
+    from types import SimpleNamespace
+
+    from serving.security import new_key, write_keys
+    from tests.integration.test_cli_serve import finserve_serve
+
+    folder = tmp_path_factory.mktemp("finserve-serve")
+    plain, entries = {}, []
+    for key_id in ("steady", "revoked"):
+        plain[key_id], entry = new_key(key_id, ["fraud"])
+        entries.append(entry)
+    keys_file = folder / "api-keys.yaml"
+    write_keys(keys_file, entries)
+    args = {"store_uri": tiny_store.root,
+            "audit": {"location": str(folder / "trail"), "keys_dir": str(folder / "keys")},
+            "security": {"api_keys_file": str(keys_file), "require_auth": True},
+            "gateway": {"num_replicas": 2, "num_cpus": 0.2, "max_ongoing_requests": 64},
+            "models": [{"name": "fraud"}]}
+    with finserve_serve(folder, args) as server:
+        yield SimpleNamespace(server=server, url=server.url, keys_file=keys_file,
+                              plain=plain, entries={e.id: e for e in entries})

@@ -129,6 +129,11 @@ def _fp32(n: int, size: int | None = None, **extra) -> dict:
     (*_body({"inputs": [{"name": "t", "shape": [2], "datatype": "BYTES",
                          "parameters": {"binary_data_size": 5}}]}, b"\x01\0\0\0a"),
      InvalidInput, "2 elements"),
+    # np.prod wrapped these around to 0 elements, which an empty tensor then matched
+    (*_body({"inputs": [{"name": "x", "shape": [4294967296, 4294967296, 9], "datatype": "FP32",
+                         "parameters": {"binary_data_size": 0}}]}), InvalidInput, "at most"),
+    (*_body({"inputs": [{"name": "t", "shape": [2**32, 2**32], "datatype": "BYTES",
+                         "parameters": {"binary_data_size": 0}}]}), InvalidInput, "at most"),
 ])
 def test_malformed_binary_bodies_are_client_errors(body, length, error, words):
     with pytest.raises(error, match=words) as info:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from serving.errors import BadRequest, InvalidInput
-from serving.protocol.codec import TensorSpec, from_numpy, rows_to_array, to_numpy
+from serving.protocol.codec import TensorSpec, check_header, from_numpy, rows_to_array, to_numpy
 
 
 @pytest.mark.parametrize(
@@ -75,3 +75,44 @@ def test_rows_to_array_checks_rows():
         rows_to_array([], spec)
     with pytest.raises(BadRequest):
         rows_to_array({"a": 1}, spec)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("shape", "data", "message"),
+    [
+        ([3, 2], [[1, 2], [3, 4, 5], [6]], "row 1 has 3 values, expected 2"),
+        ([2, 2, 2], [[[1, 2], [3, 4]], [[5, 6], [7, 8, 9]]], r"row \[1\]\[1\] has 3 values"),
+        ([2, 3], [[1, 2, 3], 4], "row 1 is not a list of 3 values"),
+        ([3, 2], [[1, 2, 3], [4, 5, 6]], "2 rows of nested data but its shape"),
+        ([6], [[1, 2, 3], [4, 5, 6]], "send it flat"),
+        ([2, 3, 1], [[1, 2, 3], [4, 5, 6]], "fully nested"),
+        ([2, 1], [[[1]], [[2]]], "deeper than its shape"),
+    ],
+)
+def test_nested_data_must_have_the_declared_shape_row_by_row(shape, data, message):
+    """Ragged rows whose total matches the shape were re-aligned silently."""
+    with pytest.raises(InvalidInput, match=message):
+        to_numpy("x", "FP32", shape, data)
+
+
+def test_flat_data_and_regular_nesting_stay_valid():
+    assert to_numpy("x", "FP32", [3, 2], [1, 2, 3, 4, 5, 6]).tolist() == [[1, 2], [3, 4], [5, 6]]
+    assert to_numpy("x", "FP32", [1, 2, 2], [[[1, 2], [3, 4]]]).shape == (1, 2, 2)
+    assert to_numpy("x", "BYTES", [2, 1], [["a"], ["b"]]).shape == (2, 1)
+
+
+def test_ragged_v1_rows_are_rejected_not_realigned():
+    spec = TensorSpec("features", "FP32", (-1, 2))
+    with pytest.raises(InvalidInput, match="row 1 has 3 values, expected 2"):
+        rows_to_array([[1, 2], [3, 4, 5], [6]], spec)
+
+
+@pytest.mark.parametrize("shape", [[4294967296, 4294967296, 9], [2**40, 2**40, 2**40],
+                                   [0, 2**40], [2**33]])
+def test_a_shape_past_the_element_bound_is_a_422_not_an_overflow(shape):
+    """np.prod wrapped [2^32, 2^32, 9] around to 0 elements: an empty body then 'matched'."""
+    with pytest.raises(InvalidInput, match="at most"):
+        check_header("x", "FP32", shape)
+    with pytest.raises(InvalidInput, match="at most"):
+        to_numpy("x", "FP32", shape, [])
+    assert check_header("x", "FP32", [1024, 8, 8]) == (np.float32, 65536)

@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving import dataplane
-from serving.errors import BadRequest, InvalidInput
+from serving.errors import BadRequest, InvalidInput, PayloadTooLarge
 from serving.protocol.v1 import PredictRequest
 from serving.protocol.v2 import InferenceRequest
 from serving.tasks import get_task
@@ -85,3 +85,86 @@ def test_outputs_become_rows_and_v2_tensors():
     )
     with pytest.raises(InvalidInput, match="unknown output"):
         dataplane.encode_v2(task, "fraud", "3", outputs, request)
+
+
+# --- one domain check for every protocol ---------------------------------------------------
+FRAUD_ROW = [950.0, 3, 0.85, 1200.0, 6, 0, 1, 20, 7.5]  # a block (0.974) on the default model
+
+
+def _fraud_v2(rows, shape=None):
+    shape = shape or [len(rows), 9]
+    return InferenceRequest(inputs=[{"name": "features", "shape": shape, "datatype": "FP32",
+                                     "data": rows}])
+
+
+@pytest.mark.parametrize(("column", "value", "message"), [
+    ("merchant_risk", -50, "merchant_risk must be >= 0 and <= 1"),
+    ("card_present", 100, "card_present must be 0 or 1"),
+    ("foreign", -100, "foreign must be 0 or 1"),
+    ("hour", 3.5, "hour must be a whole number >= 0 and <= 23"),
+])
+def test_v2_binary_and_v1_batches_get_the_task_routes_domain_check(column, value, message):
+    """These turned a block into an approve on V2 and TF-Serving, past the Record's ranges."""
+    import numpy as np
+
+    from serving.tasks.fraud import FEATURES
+
+    task = get_task("fraud")
+    row = list(FRAUD_ROW)
+    row[FEATURES.index(column)] = value
+    decoders = {
+        "v2": lambda: dataplane.decode_v2(_fraud_v2([row]), task),
+        "binary": lambda: dataplane.decode_v2(_fraud_v2([]), task,
+                                              {0: np.array([row], np.float32)}),
+        "v1 rows": lambda: dataplane.decode_v1(PredictRequest(instances=[row]), task),
+        "v1 columns": lambda: dataplane.decode_v1(
+            PredictRequest(inputs={"features": [row]}), task),
+    }
+    for protocol, decode in decoders.items():
+        with pytest.raises(InvalidInput, match=message):
+            decode()
+            pytest.fail(protocol)
+
+
+def test_credit_categories_are_whole_indexes_on_v2():
+    task = get_task("credit")
+    row = [62000, 0.18, 0.25, 11, 0, 1, 7, 12000, 36, 6, 1, 0]
+    for column, value in ((10, 3), (11, 2.5), (11, -1)):
+        bad = list(row)
+        bad[column] = value
+        request = InferenceRequest(inputs=[{"name": "applicant", "shape": [1, 12],
+                                            "datatype": "FP32", "data": bad}])
+        with pytest.raises(InvalidInput, match="must be a category index"):
+            dataplane.decode_v2(request, task)
+
+
+# --- count first --------------------------------------------------------------------------
+OVER_LIMIT = r"^65 instances in one request; the limit is 64$"  # as it always read
+
+
+def test_v2_and_v1_batches_are_counted_before_their_data_is_converted():
+    task = get_task("fraud")
+    garbage = [["x"] * 9] * 65  # a 422 once converted; the count comes first
+    for decode in (lambda: dataplane.decode_v2(_fraud_v2(garbage), task, max_instances=64),
+                   lambda: dataplane.decode_v1(PredictRequest(instances=garbage), task, 64),
+                   lambda: dataplane.decode_v1(PredictRequest(inputs=garbage), task, 64)):
+        with pytest.raises(PayloadTooLarge, match=OVER_LIMIT):
+            decode()
+    with pytest.raises(InvalidInput, match="must be a number"):
+        dataplane.decode_v2(_fraud_v2(garbage[:64]), task, max_instances=64)
+    # a shape no tensor can have is malformed (422), before it is counted
+    huge = _fraud_v2([], shape=[4294967296, 4294967296, 9])
+    with pytest.raises(InvalidInput, match="at most"):
+        dataplane.decode_v2(huge, task, max_instances=64)
+
+
+def test_task_route_records_are_counted_before_any_is_validated():
+    from pydantic import create_model
+
+    task = get_task("fraud")
+    batch = create_model("Batch", __validators__=dataplane.records_limit(64),
+                         records=(list[task.Record], ...))
+    with pytest.raises(PayloadTooLarge, match=OVER_LIMIT):
+        batch.model_validate({"records": [{"amount": "ten"}] * 65})
+    with pytest.raises(ValidationError, match="amount"):
+        batch.model_validate({"records": [{"amount": "ten"}] * 64})

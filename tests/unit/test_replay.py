@@ -75,3 +75,23 @@ def test_format_2_records_of_one_dict_per_example_still_replay(tiny_store, tmp_p
     result = replay(str(tmp_path / "t2x"), "r2", tiny_store)
     assert not result["matches"]
     assert [d.split(":")[0] for d in result["differences"]] == ["example 1 fraud_probability"]
+
+
+def test_format_4_records_leave_derived_outputs_out_and_replay(tiny_store, tmp_path):
+    """The current writer: a chained, authenticated record without the reason statements
+    (they follow from the codes); replay compares what was recorded."""
+    import asyncio
+
+    raw, outputs = _answer(tiny_store, "1")
+    keys = audit.TrailKeys.from_secret(b"k" * 32)
+    record = audit.decision_record(
+        request_id="r4", key_id=None, model="fraud", version="1",
+        artifact_sha256=tiny_store.manifest("fraud", "1").artifact_sha256, route="v2",
+        inputs={"name": "features", "data": audit.recorded(raw), "tokenized": []},
+        outputs=audit.recorded_outputs(outputs, derived=("reasons",)), latency_ms=1.0)
+    trail = audit.Trail(audit.JsonlSink(tmp_path / "t4", "c4"), keys, "c4")
+    sealed = asyncio.run(trail.append(record))
+    assert "reasons" not in sealed["outputs"] and sealed["format"] == 4
+    result = replay(str(tmp_path / "t4"), "c4:0", tiny_store)
+    assert result["matches"], result["differences"]
+    assert result["decision_id"] == "c4:0" and result["request_id"] == "r4"

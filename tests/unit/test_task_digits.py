@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import struct
+import time
+import zlib
 
 import numpy as np
 import pytest
@@ -11,7 +15,7 @@ from PIL import Image, ImageDraw
 from pydantic import ValidationError
 
 from serving import dataplane
-from serving.errors import InvalidInput
+from serving.errors import InvalidInput, RequestTimeout
 from serving.protocol.v1 import PredictRequest
 from serving.protocol.v2 import InferenceRequest
 from serving.tasks import Step, get_task
@@ -21,6 +25,7 @@ from serving.tasks.digits import (
     PIXEL_COLUMNS,
     REVIEW_CONFIDENCE,
     DigitImage,
+    png_size,
     png_to_image,
 )
 
@@ -102,6 +107,9 @@ def test_records_take_an_image_or_a_png():
         ({"image": [[True] * 8] * 8}, "valid number"),
         ({"png_base64": "not base64 at all!"}, "not valid base64"),
         ({"png_base64": _b64(b"GIF89a not a png")}, "not a PNG"),
+        ({"png_base64": _b64(_encode(Image.new("L", (MAX_PNG_SIDE + 1, 4), 255)))},
+         "PNG is 2001x4 pixels; at most 2000x2000"),
+        ({"png_base64": _b64(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)}, "no IHDR chunk"),
         ({"png_base64": ""}, "at least 1"),
         ({"png_base64": "A" * (MAX_PNG_BASE64_CHARS + 4)}, "at most"),
         ({"image": ZERO, "amount": 5}, "Extra inputs"),
@@ -117,7 +125,6 @@ def test_bad_records_are_422s_on_the_task_route():
     good = _png(np.full((8, 8), 8.0))
     cases = {
         "cannot be decoded": good[:60],  # PNG signature, truncated data
-        "at most 2000x2000": _encode(Image.new("L", (MAX_PNG_SIDE + 1, 4), 255)),
         "no digit": _encode(Image.new("L", (40, 40), 255)),  # blank paper
     }
     for message, png in cases.items():
@@ -184,7 +191,9 @@ def test_raw_images_are_checked_for_shape_range_and_finiteness():
     for bad in (raw[0], raw.reshape(3, 64), raw[:, :, :7], np.zeros((0, 8, 8))):
         with pytest.raises(InvalidInput, match=r"shape|empty"):
             TASK.check_raw(bad)
-    for value, message in ((17.0, r"0 \(paper\) to 16"), (-0.5, r"0 \(paper\) to 16"),
+    for value, message in ((17.0, r"image must hold values >= 0 and <= 16; got 17 in example "
+                                  r"1 at \[2, 3\]"),
+                           (-0.5, "image must hold values >= 0 and <= 16; got -0.5"),
                            (np.nan, "NaN"), (np.inf, "NaN")):
         bad = raw.copy()
         bad[1, 2, 3] = value
@@ -328,3 +337,61 @@ def test_reads_an_amount_from_pngs_end_to_end(digits_store):
     assert summary["confidence"] == pytest.approx(float(answers["confidence"].min()), abs=1e-6)
     assert summary["needs_review"] == bool((answers["confidence"] < REVIEW_CONFIDENCE).any())
     assert dataplane.rows(answers)[0]["digit"] == 1
+
+
+# --- admission: cheap checks first, PNGs decoded off the event loop -----------------------
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose IHDR declares ``width`` x ``height`` followed by bytes no decoder takes."""
+    ihdr = struct.pack(">II5B", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", zlib.crc32(chunk[4:])) + b"junk"
+
+
+def test_the_declared_png_size_is_read_from_its_header_without_decoding():
+    assert png_size(_encode(Image.new("L", (37, 1999), 255))) == (37, 1999)
+    assert png_size(png_declaring(2000, 2000)) == (2000, 2000)  # junk pixels: never read
+    for width, height in ((100_000, 100_000), (0, 5), (5, 2001)):
+        with pytest.raises(InvalidInput, match=f"PNG is {width}x{height} pixels; at most"):
+            png_size(png_declaring(width, height))
+        with pytest.raises(ValidationError, match=f"PNG is {width}x{height} pixels"):
+            DigitImage(png_base64=_b64(png_declaring(width, height)))
+
+
+def largest_png() -> str:
+    """A 2000x2000 PNG of a zero: the largest a record may send, about 0.1 s to decode."""
+    img = Image.new("L", (MAX_PNG_SIDE, MAX_PNG_SIDE), 255)
+    ImageDraw.Draw(img).ellipse((500, 200, 1500, 1800), outline=0, width=60)
+    return _b64(_encode(img))
+
+
+def test_pngs_are_decoded_off_the_event_loop_and_within_the_timeout():
+    """Decoding stalled the gateway's event loop (health checks seconds late) and ran
+    outside the request timeout."""
+    records = [DigitImage(png_base64=largest_png())] * 10
+
+    async def decode_while_ticking() -> tuple[np.ndarray, float, float]:
+        gaps: list[float] = []
+
+        async def tick() -> None:
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.005)
+                gaps.append(time.perf_counter() - last)
+                last = time.perf_counter()
+
+        ticker = asyncio.create_task(tick())
+        started = time.perf_counter()
+        raw = await dataplane.decode_records_within(records, TASK, timeout_s=60)
+        took = time.perf_counter() - started
+        ticker.cancel()
+        return raw, took, max(gaps)
+
+    raw, took, gap = asyncio.run(decode_while_ticking())
+    assert raw.shape == (10, 8, 8) and raw[0].max() == 16
+    assert gap < min(0.3, took / 3), (gap, took)
+    started = time.perf_counter()
+    with pytest.raises(RequestTimeout, match=r"within 0\.05s"):
+        asyncio.run(dataplane.decode_records_within(records, TASK, timeout_s=0.05))
+    assert time.perf_counter() - started < took / 2  # the thread stops at its deadline too
+    with pytest.raises(RequestTimeout, match="not decoded in time"):
+        TASK.records_to_raw_within(records, deadline=time.monotonic() - 1)

@@ -4,6 +4,7 @@ from pydantic import ValidationError
 
 from serving.errors import InvalidInput
 from serving.tasks import TASKS, Step, get_task
+from serving.tasks._domain import record_domain
 from serving.tasks.fraud import FEATURES, Transaction
 from serving.tasks.sentiment import LABELS, OOV, tokenize
 
@@ -64,7 +65,7 @@ def test_fraud_record_schema_rejects_bad_fields(bad):
 def test_fraud_raw_checks_ranges_and_finiteness():
     task = get_task("fraud")
     good = task.records_to_raw([Transaction(**_tx())])
-    for column, value, message in (("amount", -5, ">= 0"), ("hour", 30, "hour"),
+    for column, value, message in (("amount", -5, "amount must be >= 0"), ("hour", 30, "hour"),
                                    ("amount", np.nan, "NaN")):
         bad = good.copy()
         bad[0, FEATURES.index(column)] = value
@@ -141,3 +142,80 @@ def test_user_parquet_loader_for_fraud(tmp_path):
     loaded = task.load_data(tmp_path / "tx.parquet")
     np.testing.assert_allclose(loaded.raw, data.raw)
     np.testing.assert_array_equal(loaded.target, data.target)
+
+
+# --- the values every protocol checks: the Record's ------------------------------------
+NUMERIC_TASKS = [n for n in sorted(TASKS) if TASKS[n].input_spec.datatype != "BYTES"]
+CREDIT_APPLICANT = {
+    "annual_income": 62000, "debt_to_income": 0.18, "credit_utilization": 0.25,
+    "credit_history_years": 11, "delinquencies_2y": 0, "inquiries_6m": 1, "open_accounts": 7,
+    "loan_amount": 12000, "term_months": 36, "employment_years": 6,
+    "home_ownership": "mortgage", "purpose": "debt_consolidation",
+}
+
+
+@pytest.mark.parametrize("name", NUMERIC_TASKS)
+def test_every_numeric_raw_column_is_declared_by_the_record(name):
+    task = get_task(name)
+    domain = record_domain(task.Record, task.raw_fields)
+    assert domain.elementwise or len(domain.bounds) == task.input_spec.shape[-1]
+    assert all(b.low is not None and b.high is not None for b in domain.bounds)
+
+
+def test_raw_column_order_and_category_indexes_follow_the_records():
+    from serving.tasks.credit import FEATURES as CREDIT_FEATURES
+    from serving.tasks.credit import HOME, PURPOSE, Applicant
+
+    assert tuple(Transaction.model_fields) == FEATURES
+    assert tuple(Applicant.model_fields) == CREDIT_FEATURES
+    bounds = {b.name: b for b in record_domain(Applicant, CREDIT_FEATURES).bounds}
+    assert bounds["home_ownership"].categories == HOME
+    assert bounds["purpose"].categories == PURPOSE
+
+
+def _outside(bound) -> list[float]:
+    """Values just outside what ``bound`` allows (kept apart in float32)."""
+    values = []
+    if bound.low is not None:
+        values.append(bound.low if bound.low_open else bound.low - 1)
+    if bound.high is not None:
+        values.append(bound.high * 1.01 + 1)
+    if bound.whole:
+        values.append(bound.low + 0.5)
+    return values
+
+
+@pytest.mark.parametrize(("name", "record"), [("fraud", _tx()), ("credit", CREDIT_APPLICANT)])
+def test_the_raw_batch_refuses_what_the_record_refuses(name, record):
+    """One source: each value the Record refuses on the task route, the raw batch of V2 and
+    TF-Serving refuses too, naming the column and what it takes."""
+    task = get_task(name)
+    good = task.records_to_raw([task.Record(**record)])
+    task.check_raw(good)
+    for column, bound in enumerate(record_domain(task.Record, task.raw_fields).bounds):
+        for value in _outside(bound):
+            raw = good.copy()
+            raw[0, column] = value
+            with pytest.raises(InvalidInput, match=f"^{bound.name} must be .*; got "):
+                task.check_raw(raw)
+            if bound.kind != "category":  # the record takes the category's name
+                with pytest.raises(ValidationError):
+                    task.Record(**{**record, bound.name: value})
+
+
+@pytest.mark.parametrize(("column", "value", "message"), [
+    ("merchant_risk", -50, "merchant_risk must be >= 0 and <= 1; got -50 in example 1"),
+    ("card_present", 100, r"card_present must be 0 or 1 \(false or true\); got 100"),
+    ("foreign", -100, "foreign must be 0 or 1"),
+    ("foreign", 0.5, "foreign must be 0 or 1"),
+    ("hour", 3.5, "hour must be a whole number >= 0 and <= 23; got 3.5"),
+    ("hour", 24, "hour must be a whole number >= 0 and <= 23; got 24"),
+    ("velocity_1h", 1.5, "velocity_1h must be a whole number >= 0 and <= 10000"),
+    ("amount_to_avg", 1e6, r"amount_to_avg must be >= 0 and <= 100000"),
+])
+def test_fraud_raw_batch_is_checked_against_the_transaction_schema(column, value, message):
+    task = get_task("fraud")
+    raw = task.records_to_raw([Transaction(**_tx()), Transaction(**_tx())])
+    raw[1, FEATURES.index(column)] = value
+    with pytest.raises(InvalidInput, match=message):
+        task.check_raw(raw)

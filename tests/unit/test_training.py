@@ -6,6 +6,7 @@ import pytest
 from serving import __version__
 from serving.errors import ModelNotReady, VersionNotFound
 from serving.runtime import ModelRunner, TaskSteps
+from serving.store import params_digest
 from serving.tasks import get_task
 from serving.training import load_signature
 
@@ -21,6 +22,10 @@ def test_manifest_records_what_a_model_risk_team_asks_for(tiny_store):
     assert m.framework["tensorflow"].startswith("2.")
     assert set(m.preprocessing) >= {"mean", "std", "features"}
     assert not any(k.startswith("_") for k in m.preprocessing)
+    # what loading verifies: each SavedModel file's sha256 and the parameters' digest
+    assert {"saved_model.pb", "variables/variables.index"} <= set(m.files)
+    assert all(len(d) == 64 for d in m.files.values())
+    assert m.preprocessing_sha256 == params_digest(m.preprocessing)
     assert tiny_store.verify("fraud", "1")
 
 

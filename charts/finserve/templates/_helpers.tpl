@@ -221,8 +221,12 @@ helm-test key and the audit token key. NOTES.txt names them.
 {{- $_ := include "finserve.testKey" . }}
 {{- if .Values.apiKeys._testKeyGenerated }}{{ $new = append $new "the helm-test key" }}{{ end }}
 {{- end }}
-{{- if and (not .Values.audit.tokenKeySecret) (not (dig "data" "token-key" "" (lookup "v1" "Secret" .Release.Namespace (include "finserve.auditSecretName" .)))) }}
+{{- $audit := lookup "v1" "Secret" .Release.Namespace (printf "%s-audit" (include "finserve.fullname" .)) }}
+{{- if and (not .Values.audit.tokenKeySecret) (not (dig "data" "token-key" "" $audit)) }}
 {{- $new = append $new "the audit token key" }}
+{{- end }}
+{{- if and (not .Values.audit.trailKeySecret) (not (dig "data" "trail-key" "" $audit)) }}
+{{- $new = append $new "the audit trail key" }}
 {{- end }}
 {{- join " and " $new }}
 {{- end }}
@@ -230,6 +234,31 @@ helm-test key and the audit token key. NOTES.txt names them.
 {{/* Name of the Secret holding the audit token key (given, or the chart's). */}}
 {{- define "finserve.auditSecretName" -}}
 {{- default (printf "%s-audit" (include "finserve.fullname" .)) .Values.audit.tokenKeySecret }}
+{{- end }}
+
+{{/* Name of the Secret holding the trail key (given, or the chart's). */}}
+{{- define "finserve.trailKeySecretName" -}}
+{{- default (printf "%s-audit" (include "finserve.fullname" .)) .Values.audit.trailKeySecret }}
+{{- end }}
+
+{{/* Decision trail claim name. */}}
+{{- define "finserve.auditClaimName" -}}
+{{- default (printf "%s-audit" (include "finserve.fullname" .)) .Values.audit.pvc.existingClaim }}
+{{- end }}
+
+{{/*
+serve.app.audit.location, from audit.type: a folder on the claim, the database URL the
+replicas read from the environment (never the URL itself: the Serve config is not secret),
+or stdout.
+*/}}
+{{- define "finserve.auditLocation" -}}
+{{- if eq .Values.audit.type "pvc" }}
+{{- printf "%s/trail" .Values.audit.pvc.mountPath }}
+{{- else if eq .Values.audit.type "postgresql" }}
+{{- "env:FINSERVE_AUDIT_URL" }}
+{{- else }}
+{{- "stdout" }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -347,6 +376,8 @@ a change to a user_config alone is applied in place by Gateway.reconfigure.
 {{- define "finserve.serveConfig" -}}
 {{- $app := deepCopy .Values.serve.app }}
 {{- $_ := set $app "store_uri" (include "finserve.storeUri" .) }}
+{{- $audit := merge (dict "location" (include "finserve.auditLocation" .) "keys_dir" nil) (default dict $app.audit) }}
+{{- $_ := set $app "audit" $audit }}
 {{- $models := list }}
 {{- $routing := dict }}
 {{- range $app.models }}
@@ -402,6 +433,18 @@ Environment of every Ray container: API keys, model store, extra env.
     secretKeyRef:
       name: {{ include "finserve.auditSecretName" . }}
       key: token-key
+- name: {{ dig "audit" "trail_key_env" "FINSERVE_TRAIL_KEY" .Values.serve.app }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "finserve.trailKeySecretName" . }}
+      key: trail-key
+{{- if eq .Values.audit.type "postgresql" }}
+- name: FINSERVE_AUDIT_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "audit.postgresql.urlSecret: the Secret holding the database URL" .Values.audit.postgresql.urlSecret }}
+      key: {{ .Values.audit.postgresql.urlKey }}
+{{- end }}
 {{- if eq .Values.modelStore.type "s3" }}
 {{- with .Values.modelStore.s3.region }}
 - name: AWS_DEFAULT_REGION
@@ -435,7 +478,17 @@ Environment of every Ray container: API keys, model store, extra env.
   value: {{ include "finserve.haproxyMetricsPort" . | quote }}
 - name: RAY_SERVE_HAPROXY_NBTHREAD
   value: {{ .Values.serve.haproxyThreads | int | quote }}
+{{- /* slow clients: Ray's knob for `timeout client`, the launcher for the rest */}}
+- name: RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S
+  value: {{ .Values.serve.ingressTimeouts.clientS | int | quote }}
+- name: FINSERVE_INGRESS_KEEP_ALIVE_TIMEOUT_S
+  value: {{ .Values.serve.ingressTimeouts.keepAliveS | int | quote }}
+- name: RAY_SERVE_HAPROXY_BINARY_PATH
+  value: {{ include "finserve.haproxyLauncher" . | quote }}
 {{- end }}
+{{- /* HAProxy's `timeout http-request` and the gateway's deadline for a body */}}
+- name: FINSERVE_INGRESS_REQUEST_TIMEOUT_S
+  value: {{ .Values.serve.ingressTimeouts.requestS | int | quote }}
 {{- if .Values.serve.throughputOptimized }}
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
   value: "1"
@@ -465,6 +518,17 @@ object store (30 % of the memory) then fits in it.
     items:
       - key: {{ .Values.apiKeys.secretKey }}
         path: {{ .Values.apiKeys.secretKey }}
+{{- if .Values.serve.haproxy }}
+- name: haproxy-launcher
+  configMap:
+    name: {{ include "finserve.haproxyConfigMapName" . }}
+    defaultMode: 0555
+{{- end }}
+{{- if eq .Values.audit.type "pvc" }}
+- name: audit
+  persistentVolumeClaim:
+    claimName: {{ include "finserve.auditClaimName" . }}
+{{- end }}
 {{- if eq .Values.modelStore.type "pvc" }}
 - name: model-store
   persistentVolumeClaim:
@@ -476,9 +540,20 @@ object store (30 % of the memory) then fits in it.
 {{- define "finserve.rayVolumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- /* the whole folder, never a subPath: a Secret update then reaches the pod (kubelet
+swaps the folder's ..data link) and the gateway re-reads the key file (serving.security.KeyFile) */}}
 - name: api-keys
   mountPath: {{ .Values.apiKeys.mountPath }}
   readOnly: true
+{{- if .Values.serve.haproxy }}
+- name: haproxy-launcher
+  mountPath: {{ include "finserve.haproxyLauncher" . | dir }}
+  readOnly: true
+{{- end }}
+{{- if eq .Values.audit.type "pvc" }}
+- name: audit
+  mountPath: {{ .Values.audit.pvc.mountPath }}
+{{- end }}
 {{- if eq .Values.modelStore.type "pvc" }}
 - name: model-store
   mountPath: {{ .Values.modelStore.pvc.mountPath }}
@@ -554,6 +629,17 @@ A sample V2 inference request body for a model's task ("" when the chart knows n
 {{- else if eq $task "credit" -}}
 {"inputs":[{"name":"applicant","datatype":"FP32","shape":[1,12],"data":[85000,0.25,0.3,12,0,1,5,20000,36,6,1,0]}]}
 {{- end }}
+{{- end }}
+
+{{/*
+The HAProxy launcher Ray runs in place of HAProxy (RAY_SERVE_HAPROXY_BINARY_PATH): it adds the
+slow-client limits Ray's config template has no setting for, then execs HAProxy
+(deployments/deploy.py; a chart test keeps this script equal to haproxy_launcher_script).
+*/}}
+{{- define "finserve.haproxyLauncher" -}}/etc/finserve/haproxy/haproxy{{- end }}
+
+{{- define "finserve.haproxyConfigMapName" -}}
+{{- printf "%s-haproxy" (include "finserve.fullname" .) }}
 {{- end }}
 
 {{/* Port of HAProxy's own Prometheus exporter (the ingress: requests, responses by code). */}}
