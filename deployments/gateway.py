@@ -380,7 +380,8 @@ class Gateway:
                 self._digests[key] = served.local_model.artifact_sha256(version)
             else:
                 assert served.model is not None
-                self._digests[key] = await served.model.artifact_sha256.remote(version)
+                call = served.model.artifact_sha256.remote(version)  # a full queue: busy
+                self._digests[key] = await self._within_deadline(served, call)
         return self._digests[key]
 
     async def is_ready(self, served: Served) -> bool:

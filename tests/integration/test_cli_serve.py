@@ -206,11 +206,19 @@ def test_finserve_serve_answers_behind_haproxy_set_up_as_measured(served):
         limits.keep_alive_s)
     exporter = config.split("frontend prometheus", 1)[1]
     metrics_port = int(re.search(r"bind \S*:(\d+)", exporter).group(1))
-    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-    answered = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                if line.startswith("haproxy_frontend_http_requests_total{")
-                and 'proxy="http_frontend"' in line]
-    assert answered and answered[0] >= 1, text[:2000]
+
+    def counted() -> bool:
+        """A request, then HAProxy's count of it (Ray reloads HAProxy when the backends
+        change, and a reloaded HAProxy counts from 0: ask again until one process saw both)."""
+        httpx.post(f"{served.url}/v1/fraud/score", json=golden("fraud_task_request.json"),
+                   timeout=10)
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        answered = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith("haproxy_frontend_http_requests_total{")
+                    and 'proxy="http_frontend"' in line]
+        return bool(answered) and answered[0] >= 1
+
+    wait_for(counted, timeout=30, interval=1)
 
 
 def test_finserve_serve_listens_on_loopback_only(served):
