@@ -13,16 +13,19 @@ import httpx
 from tests.e2e.conftest import TRAIL_HOST_PATH, Release
 from tests.e2e.kube import active_cluster, finserve, kubectl, ray_pods, run, wait_until
 from tests.e2e.test_5_rollout import rollout
-from tests.reliability.load import bodies
+from tests.reliability.load import bodies, task_path
+
+#: a model the earlier tests leave at one replica at least (test_7 scales fraud from zero)
+MODEL = "credit"
 
 
 def decide(release: Release, count: int) -> list[str]:
-    """``count`` fraud decisions; their decision ids (x-decision-id)."""
-    body = json.dumps(bodies("fraud")["task"]).encode()
+    """``count`` credit decisions; their decision ids (x-decision-id)."""
+    body = json.dumps(bodies(MODEL)["task"]).encode()
     ids = []
     with httpx.Client(base_url=release.url, headers=release.headers, timeout=60) as client:
         for _ in range(count):
-            r = client.post("/v1/fraud/score", content=body)
+            r = client.post(task_path(MODEL), content=body)
             assert r.status_code == 200, r.text
             ids.append(r.headers["x-decision-id"])
     return ids
@@ -30,8 +33,8 @@ def decide(release: Release, count: int) -> list[str]:
 
 def answering(release: Release) -> bool:
     try:
-        return httpx.post(f"{release.url}/v1/fraud/score", json=bodies("fraud")["task"],
-                          headers=release.headers, timeout=10).status_code == 200
+        return httpx.post(f"{release.url}{task_path(MODEL)}", json=bodies(MODEL)["task"],
+                          headers=release.headers, timeout=40).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -66,6 +69,7 @@ def test_records_survive_a_deleted_pod_and_a_blue_green_switch_and_verify(
         "images", "tag", "--force", source, source.rsplit(":", 1)[0] + f":{tag}")
     rollout(release, "--image-tag", tag)
     assert active_cluster(release.namespace) != before, "no blue/green switch happened"
+    wait_until("the new cluster answers", lambda: answering(release), timeout=600, interval=5)
     ids += decide(release, 20)
     time.sleep(3)  # a checkpoint interval: the last records get their signed checkpoint
 
