@@ -43,6 +43,7 @@ def gateway_app(config: Path, audit_dir: Path) -> tuple[Any, bool]:
         lambda self: None)
     args = yaml.safe_load(config.read_text())["applications"][0]["args"]
     args["audit"]["location"] = str(audit_dir)
+    args["audit"]["keys_dir"] = f"{audit_dir}-keys"
     # the class Serve wraps (@serve.deployment, then @serve.ingress)
     cls = next(c for c in Gateway.func_or_class.__mro__
                if "__serve_build_asgi_app__" in c.__dict__)

@@ -104,7 +104,8 @@ def write_inputs(models: list[str], audit: bool = True,
         if isinstance(routing.get("models"), dict):
             routing["models"] = {k: v for k, v in routing["models"].items() if k in models}
     args["store_uri"] = str(STORE)
-    args["audit"] = {**args.get("audit", {}), "location": str(WORK / "audit")}
+    args["audit"] = {**args.get("audit", {}), "location": str(WORK / "audit"),
+                     "keys_dir": str(WORK / "keys")}
     if not audit:
         args["audit"]["enabled"] = False
     shutil.rmtree(WORK / "audit", ignore_errors=True)  # each run's trail starts empty
