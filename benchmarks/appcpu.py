@@ -35,8 +35,8 @@ def gateway_app(config: Path, audit_dir: Path) -> tuple[Any, bool]:
     import yaml
     from ray.serve import batching
 
-    from deployments.config import AppArgs
     from deployments.gateway import Gateway
+    from serving.config import AppArgs
 
     # @serve.batch checks its replica's max_ongoing_requests, and there is no replica here
     batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests = (

@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 from fastapi import Body, FastAPI, HTTPException, Response
 
-from deployments.config import load_serve_config
+from serving.config import load_serve_config
 from serving.store import SAVED_MODEL_DIR, ModelStore
 from serving.tasks import Step, Task, get_task
 from serving.training import load_signature

@@ -19,7 +19,7 @@ import yaml
 from ray import serve
 from ray.serve import Application
 
-from deployments.config import GATEWAY, AppArgs
+from serving.config import GATEWAY, AppArgs
 
 ANSWERS = Path(__file__).resolve().parent / ".work" / "answers"
 IMPORT_PATH = "benchmarks.floor:build_app"

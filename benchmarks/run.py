@@ -331,7 +331,7 @@ def main(
                 stop(trivial, infos)
 
         # (c) the model's own limit, in this process, before any server runs
-        from deployments.config import load_serve_config
+        from serving.config import load_serve_config
         from serving.store import ModelStore
 
         args = load_serve_config(config)[1]

@@ -12,9 +12,9 @@ from typing import Any
 
 from ray.serve import Application
 
-from deployments.config import GATEWAY, AppArgs, Routing
 from deployments.gateway import Gateway
 from deployments.stages import Model, Postprocess, Preprocess
+from serving.config import GATEWAY, AppArgs, Routing
 from serving.store import ModelStore
 
 

@@ -20,7 +20,6 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from deployments.config import AppArgs, ModelSettings, Routing
 from deployments.deploy import IngressTimeouts
 from deployments.http import (
     ADMITTED_SCOPE_KEY,
@@ -46,6 +45,7 @@ from deployments.metrics import (
 from deployments.stages import Model
 from serving import __version__, dataplane
 from serving.audit import Recorder, decision_id
+from serving.config import AppArgs, ModelSettings, Routing
 from serving.errors import (
     FinServeError,
     ModelNotFound,

@@ -173,8 +173,8 @@ def _public_key(given: str | None) -> Any:
 
 
 def _checkpoints_of(trail: str) -> str:
-    from deployments.config import Audit
     from serving.audit import checkpoint_location
+    from serving.config import Audit
 
     return checkpoint_location(Audit(location=trail))
 
@@ -233,7 +233,7 @@ def compare_cmd(model: Annotated[str, typer.Argument(help="Model name.")],
 def train_missing(config_path: str) -> None:
     """Train every configured model that has no version in the store yet."""
     from deployments.app import resolve_store_uri
-    from deployments.config import load_serve_config
+    from serving.config import load_serve_config
 
     _, args = load_serve_config(config_path)
     store = ModelStore(resolve_store_uri(args.store_uri))
@@ -265,8 +265,8 @@ def serve_cmd(
         "machine scrape them.")] = "127.0.0.1",
 ) -> None:
     """Start an embedded local Ray and serve every model in the Serve config."""
-    from deployments.config import load_serve_config
     from deployments.deploy import IngressTimeouts, stop_leftover_haproxy
+    from serving.config import load_serve_config
 
     started = time.perf_counter()
     # before anything imports Ray: its processes inherit the environment, and Ray reads the

@@ -1,8 +1,8 @@
 """Regenerate the chart's values.schema.json definitions that mirror Python models.
 
-- ``app_*``: ``deployments.config.AppArgs`` (less ``store_uri``, which the chart sets from
+- ``app_*``: ``serving.config.AppArgs`` (less ``store_uri``, which the chart sets from
   ``modelStore``): exactly the Serve application's ``args`` the chart renders.
-- ``routing_*``: ``deployments.config.Routing``, the gateway deployment's ``user_config``
+- ``routing_*``: ``serving.config.Routing``, the gateway deployment's ``user_config``
   the chart renders, and ``ModelRouting``, one model's entry of it.
 - ``values_*``: what ``serve.app`` holds: ``app_AppArgs`` whose models are
   ``values_Model``, i.e. ``app_ModelSettings`` plus the ``routing_ModelRouting`` fields. The
@@ -71,8 +71,8 @@ def _values_defs(defs: dict[str, Any]) -> dict[str, Any]:
                          "chart could not tell args from routing")
     model = {
         "additionalProperties": False,
-        "description": "A served model: deployments.config.ModelSettings, rendered into the "
-        "Serve application's args, plus its routing (deployments.config.ModelRouting: "
+        "description": "A served model: serving.config.ModelSettings, rendered into the "
+        "Serve application's args, plus its routing (serving.config.ModelRouting: "
         f"{', '.join(routing['properties'])}), rendered into the gateway deployment's "
         "user_config and applied in place, without restarting replicas.",
         "properties": {
@@ -85,14 +85,14 @@ def _values_defs(defs: dict[str, Any]) -> dict[str, Any]:
     }
     app = json.loads(json.dumps(defs["app_AppArgs"]))
     app["properties"]["models"]["items"] = {"$ref": "#/$defs/values_Model"}
-    app["description"] = ("serve.app: deployments.config.AppArgs (less store_uri, set from "
+    app["description"] = ("serve.app: serving.config.AppArgs (less store_uri, set from "
                           "modelStore), each model with its routing fields.")
     return {"values_App": app, "values_Model": model}
 
 
 def generated_defs() -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from deployments.config import AppArgs, Routing
+    from serving.config import AppArgs, Routing
     from serving.security import ApiKey
 
     defs = {

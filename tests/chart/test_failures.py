@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from deployments.config import ModelRouting
+from serving.config import ModelRouting
 from tests.chart.chartlib import KUBERAY_MIN, RAY_API, one, render, render_error, write_values
 
 pytestmark = pytest.mark.chart

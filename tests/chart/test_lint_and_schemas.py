@@ -12,7 +12,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from deployments.config import ModelRouting, ModelSettings
+from serving.config import ModelRouting, ModelSettings
 from tests.chart.chartlib import (
     CHART,
     CI_VALUES,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deployments.config import GATEWAY, AppArgs, ModelRouting, Routing, load_serve_config
+from serving.config import GATEWAY, AppArgs, ModelRouting, Routing, load_serve_config
 from serving.rollout import model_version_values
 from tests.chart.chartlib import CHART, CI_VALUES, REPO, containers, one, render, write_values
 

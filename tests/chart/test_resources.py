@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deployments.config import AppArgs
+from serving.config import AppArgs
 from serving.security import ApiKey, KeyRing, hash_secret
 from tests.chart.chartlib import (
     CI_VALUES,

@@ -444,7 +444,7 @@ def test_checkpoints_follow_a_moving_head_every_interval(tmp_path):
 
 
 def _recorder(tmp_path):
-    from deployments.config import Audit
+    from serving.config import Audit
 
     return audit.Recorder(Audit(location=str(tmp_path / "trail"), keys_dir=str(tmp_path / "k")))
 
@@ -475,7 +475,7 @@ def test_the_recorder_keeps_its_keys_apart_from_the_trail_and_tokenizes_named_co
 
 def test_a_cluster_recorder_without_keys_in_its_environment_does_not_start(
         tmp_path, monkeypatch):
-    from deployments.config import Audit
+    from serving.config import Audit
 
     monkeypatch.delenv("FINSERVE_TOKEN_KEY", raising=False)
     monkeypatch.setenv("FINSERVE_TRAIL_KEY", "x" * 40)

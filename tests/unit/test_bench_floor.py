@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from benchmarks import floor
-from deployments.config import load_serve_config
+from serving.config import load_serve_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

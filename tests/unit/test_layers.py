@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from deployments.config import AppArgs, load_serve_config
+from serving.config import AppArgs, load_serve_config
 
 ROOT = Path(__file__).parents[2]
 
@@ -66,14 +66,14 @@ def test_stage_settings_become_deployment_options():
     ],
 )
 def test_routing_mistakes_fail_with_a_message(routing, message):
-    from deployments.config import Routing
+    from serving.config import Routing
 
     with pytest.raises(ValidationError, match=message):
         Routing.model_validate({"models": {"fraud": routing}})
 
 
 def test_routing_lists_every_version_to_serve():
-    from deployments.config import Routing
+    from serving.config import Routing
 
     routing = Routing.model_validate(
         {"models": {"fraud": {"versions": ["2", "1"], "traffic": {"2": 90, "3": 10},

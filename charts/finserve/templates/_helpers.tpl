@@ -369,7 +369,7 @@ Cross-field rules and the KubeRay CRD check; each failure says how to fix the va
 The Serve config (serveConfigV2): deployments/serve.yaml's application with the values' app
 args, store_uri from modelStore and, with GPU serving, fractional GPUs on the Model stage.
 Each model's routing (versions, traffic, shadow) is taken OUT of the args and rendered as
-the `gateway` deployment's user_config (deployments.config.Routing): Ray Serve hashes the
+the `gateway` deployment's user_config (serving.config.Routing): Ray Serve hashes the
 args into the application's code version, so a change there restarts every replica, while
 a change to a user_config alone is applied in place by Gateway.reconfigure.
 */}}
