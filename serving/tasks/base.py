@@ -82,6 +82,8 @@ class Task(abc.ABC):
     #: default training settings
     default_epochs: ClassVar[int] = 5
     batch_size: ClassVar[int] = 64
+    #: a small, fast training run for the test tiers: (samples, epochs); None samples: all
+    quick_training: ClassVar[tuple[int | None, int]] = (4000, 3)
     #: postprocessing options and their defaults (overridable per model in the Serve config)
     default_options: ClassVar[dict[str, Any]] = {}
     #: per-request parameters (V2 ``parameters``, V1 ``parameters``, task route

@@ -127,6 +127,7 @@ class CreditTask(Task):
     name = "credit"
     description = "Probability of default, risk grade, decision and ranked reason codes."
     route = "decide"
+    quick_training = (8000, 4)
     Record = Applicant
     raw_fields = FEATURES
     input_spec = TensorSpec(

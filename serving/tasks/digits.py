@@ -238,6 +238,7 @@ class DigitsTask(Task):
     name = "digits"
     description = "Cheque digit recognition (courtesy amount) from 8x8 images or PNGs, small CNN."
     route = "read"
+    quick_training = (None, 10)
     Record = DigitImage
     raw_fields = ("image",)  # every pixel 0 (paper) to 16 (ink), as ``Pixel`` declares
     slow_records = True  # PNGs

@@ -147,6 +147,7 @@ class ForecastTask(Task):
         f"{WINDOW} daily prices."
     )
     route = "forecast"
+    quick_training = (6000, 3)
     Record = PriceWindow
     raw_fields = ("prices",)
     Parameters = ForecastParameters

@@ -108,6 +108,7 @@ class FraudTask(Task):
     name = "fraud"
     description = "Card-transaction fraud probability with an approve / review / block decision."
     route = "score"
+    quick_training = (8000, 3)
     Record = Transaction
     raw_fields = FEATURES
     input_spec = TensorSpec(

@@ -136,6 +136,7 @@ class RecommendTask(Task):
         "popularity ranking for unknown customers)."
     )
     route = "recommend"
+    quick_training = (4000, 4)
     Record = Customer
     Parameters = RecommendParameters
     input_spec = TensorSpec("customer_id", "BYTES", (-1,), "customer id, 1-64 characters")

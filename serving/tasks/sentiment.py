@@ -105,6 +105,7 @@ class SentimentTask(Task):
     name = "sentiment"
     description = "Financial news sentiment (negative, neutral, positive) with an LSTM."
     route = "analyze"
+    quick_training = (2000, 2)
     Record = Headline
     input_spec = TensorSpec("text", "BYTES", (-1,), "UTF-8 text, one headline per example")
     output_specs = (

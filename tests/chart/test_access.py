@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from serving.config import default_model_names
+from serving.protocol.examples import protocol_bodies
 from serving.security import ApiKey, KeyRing, Unauthenticated
 from tests.chart.chartlib import (
     CHART,
@@ -51,9 +53,15 @@ def key_ring(objects: list[dict[str, Any]]) -> KeyRing:
     return KeyRing([ApiKey.model_validate(k) for k in parsed["keys"]])
 
 
-def models_only(tmp_path: Path, *names: str) -> Path:
-    return write_values(tmp_path, {"serve": {"app": {"models": [{"name": n} for n in names]}}},
-                        "models-" + "-".join(names) + ".yaml")
+#: a model of a task the chart has no request example for (a bank's own task in its image)
+HOUSE_MODEL = {"name": "house", "task": "house-rules"}
+
+
+def with_house_model(tmp_path: Path, *models: dict[str, Any]) -> Path:
+    """Values serving ``models`` (default: the chart's own) and the house model."""
+    chart_models = yaml.safe_load((CHART / "values.yaml").read_text())["serve"]["app"]["models"]
+    listed = [*(models or chart_models), HOUSE_MODEL]
+    return write_values(tmp_path, {"serve": {"app": {"models": listed}}}, "house.yaml")
 
 
 # --- Ray's own auth -----------------------------------------------------------------------
@@ -95,9 +103,9 @@ def test_the_generated_test_key_may_call_only_the_models_the_helm_test_infers() 
     assert list(ring.keys) == ["helm-test"]
     key = ring.authenticate(f"Bearer {plaintext}")
     plan = helm_test_plan(objects)
-    assert key.models == [c["model"] for c in plan["infer"]] == ["fraud", "sentiment", "credit"]
-    assert "*" not in key.models and not key.may_call("digits")
-    assert key.rate_per_s == 1 and key.burst == 3
+    assert key.models == [c["model"] for c in plan["infer"]] == list(default_model_names())
+    assert "*" not in key.models and not key.may_call("house")
+    assert key.rate_per_s == 1 and key.burst == len(plan["infer"])  # one burst of inferences
     wrong = plaintext[:-1] + ("y" if plaintext[-1] == "x" else "x")  # one character off
     with pytest.raises(Unauthenticated):
         ring.authenticate(f"Bearer {wrong}")
@@ -114,7 +122,7 @@ def test_no_rendered_key_may_call_every_model(values: str) -> None:
 
 
 def test_no_test_key_is_made_when_no_served_model_has_a_sample_request(tmp_path: Path) -> None:
-    objects = render(models_only(tmp_path, "digits", "forecast"))
+    objects = render(with_house_model(tmp_path, {"name": "other", "task": "other-rules"}))
     data = secret_data(objects, "finserve-api-keys")
     assert "test-api-key" not in data
     assert yaml.safe_load(data["keys.yaml"]) == {"keys": []}
@@ -148,12 +156,23 @@ def test_the_helm_test_runs_on_the_finserve_image_and_plans_its_checks() -> None
     assert container["args"][0] == (CHART / "files" / "helm_test.py").read_text()
     plan = helm_test_plan(objects)
     assert plan["base"] == "http://finserve-serve-svc.finserve-test.svc:8000"
-    assert plan["refused"] == "fraud" and plan["outOfScope"] == "digits"
+    assert plan["refused"] == "fraud" and plan["outOfScope"] == ""
     assert plan["keyFile"] == "/etc/finserve/test-key/api-key"
-    assert '"shape":[1,9]' in plan["infer"][0]["body"]
+    # every default model is inferred, with its task's request example as a V2 body
+    assert [c["model"] for c in plan["infer"]] == list(default_model_names())
+    fraud = protocol_bodies("fraud")["v2"]["inputs"][0]
+    assert json.loads(plan["infer"][0]["body"])["inputs"][0]["shape"] == fraud["shape"]
     (volume,) = pod["spec"]["volumes"]
     assert volume["secret"]["secretName"] == "finserve-api-keys"
     assert volume["secret"]["items"] == [{"key": "test-api-key", "path": "api-key"}]
+
+
+def test_the_helm_test_key_may_not_call_a_model_it_cannot_infer(tmp_path: Path) -> None:
+    """A model of a task the chart has no request example for is not inferred, and the
+    generated key must be refused on it (403)."""
+    plan = helm_test_plan(render(with_house_model(tmp_path)))
+    assert plan["outOfScope"] == "house"
+    assert [c["model"] for c in plan["infer"]] == list(default_model_names())
 
 
 def test_helm_test_uses_the_given_test_key_secret_with_an_existing_key_file() -> None:
@@ -221,8 +240,8 @@ def fake_gateway(key: ApiKey, plaintext: str, open_door: bool) -> Iterator[str]:
 
 def run_helm_test(tmp_path: Path, open_door: bool = False) -> subprocess.CompletedProcess[str]:
     """The rendered test pod's command and plan, against a fake gateway that knows the
-    rendered key file."""
-    objects = render()
+    rendered key file; the chart's models and the house model (403 for the test key)."""
+    objects = render(with_house_model(tmp_path))
     plaintext = secret_data(objects, "finserve-api-keys")["test-api-key"]
     key = key_ring(objects).authenticate(f"Bearer {plaintext}")
     (tmp_path / "api-key").write_text(plaintext)
@@ -242,9 +261,9 @@ def test_the_helm_test_passes_against_a_gateway_that_knows_the_rendered_keys(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "POST /v2/models/fraud/infer: 401" in out
-    for model in ("fraud", "sentiment", "credit"):
+    for model in default_model_names():
         assert f"POST /v2/models/{model}/infer: 200" in out
-    assert "GET /v2/models/digits/ready: 403" in out and "helm test: passed" in out
+    assert "GET /v2/models/house/ready: 403" in out and "helm test: passed" in out
 
 
 def test_the_helm_test_fails_when_a_call_without_a_key_is_answered(tmp_path: Path) -> None:

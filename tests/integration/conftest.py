@@ -11,12 +11,13 @@ import httpx
 import pytest
 
 from deployments.deploy import free_port
+from serving.config import default_model_names
 
 pytestmark = pytest.mark.integration
 
 
-#: every task the session's app serves; fraud first
-ALL_MODELS = ("fraud", "sentiment", "credit", "digits", "forecast", "recommend")
+#: every model the session's app serves: the default models (fraud first)
+ALL_MODELS = default_model_names()
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60, interval: float = 0.25) -> Any:

@@ -18,26 +18,16 @@ from typing import Any
 import httpx
 
 from serving.audit import read_records
-from serving.dataplane import jsonable
+from serving.protocol.examples import protocol_bodies
 from serving.tasks import get_task
-from tests.conftest import golden
 from tests.integration.conftest import ALL_MODELS
 
 REQUEST_ID = "x-request-id"
 
 
 def bodies(model: str) -> dict[str, dict[str, Any]]:
-    """The golden task-route body of ``model`` and the same batch as V2 and V1 bodies."""
-    task_body = golden(f"{model}_task_request.json")
-    task = get_task(model)
-    raw = task.check_raw(task.records_to_raw([task.Record(**r) for r in task_body["records"]]))
-    spec = task.input_spec
-    v2 = {"inputs": [{"name": spec.name, "shape": list(raw.shape), "datatype": spec.datatype,
-                      "data": jsonable(raw.reshape(-1))}]}
-    v1: dict[str, Any] = {"instances": jsonable(raw)}
-    if "parameters" in task_body:
-        v2["parameters"] = v1["parameters"] = task_body["parameters"]
-    return {"task": task_body, "v2": v2, "v1": v1}
+    """The request example of ``model``'s task on the task route, V2 and V1."""
+    return protocol_bodies(model)
 
 
 def task_path(model: str) -> str:
@@ -45,7 +35,7 @@ def task_path(model: str) -> str:
 
 
 def valid_calls() -> list[tuple[str, bytes]]:
-    """(path, body) of a valid prediction on the task, V2 and V1 routes of all six models,
+    """(path, body) of a valid prediction on the task, V2 and V1 routes of every default model,
     and on the V2 route pinned to each served version of fraud."""
     calls = []
     for model in ALL_MODELS:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from serving import __version__
+from serving.config import default_model_names
 from serving.errors import ModelNotReady, VersionNotFound
 from serving.runtime import ModelRunner, TaskSteps
 from serving.store import params_digest
@@ -110,7 +111,7 @@ from serving.tasks import get_task
 import_tensorflow()
 print("imported", "keras" in sys.modules, "sklearn" in sys.modules)
 store = ModelStore({str(tiny_store.root)!r})
-for name in ("credit", "digits", "forecast", "fraud", "recommend", "sentiment"):
+for name in {sorted(default_model_names())!r}:
     runner = ModelRunner(store, name, name, ["1"])
     runner.load_all()
     batch = TaskSteps(store, name, name, ["1"]).preprocess(
@@ -131,8 +132,7 @@ print("keras", keras.layers.Dense(2)(keras.ops.ones((1, 3))).shape)
     assert lean[0] == "imported False False"
     assert lean[-2:] == ["served False", "keras (1, 2)"]
     assert lean[1:-2] == run("import keras\n")[1:-2]  # the same answers as with Keras
-    assert {line.split()[0] for line in lean[1:-2]} == {
-        "credit", "digits", "forecast", "fraud", "recommend", "sentiment"}
+    assert {line.split()[0] for line in lean[1:-2]} == set(default_model_names())
 
 
 def test_a_loaded_version_leaves_the_long_lived_heap_out_of_garbage_collection(tiny_store):

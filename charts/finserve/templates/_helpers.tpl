@@ -147,7 +147,7 @@ chart has a sample request for. The generated helm-test key may call exactly the
 {{- define "finserve.testInferences" -}}
 {{- $out := list }}
 {{- range $model := .Values.serve.app.models }}
-{{- $body := include "finserve.sampleRequest" $model }}
+{{- $body := include "finserve.sampleRequest" (dict "ctx" $ "model" $model) }}
 {{- if $body }}
 {{- $out = append $out (dict "model" $model.name "body" $body) }}
 {{- end }}
@@ -618,17 +618,13 @@ the head, so before any worker (they wait for the head's GCS) loads a model.
 {{- end }}
 
 {{/*
-A sample V2 inference request body for a model's task ("" when the chart knows none).
+A sample V2 inference request body for a model's task ("" when the chart knows none), given
+(dict "ctx" $ "model" $model): the task's request example, from files/sample_requests.json
+(written by make generate).
 */}}
 {{- define "finserve.sampleRequest" -}}
-{{- $task := default .name .task }}
-{{- if eq $task "fraud" -}}
-{"inputs":[{"name":"features","datatype":"FP32","shape":[1,9],"data":[129.5,2,0.7,850,4,0,1,30,6.5]}]}
-{{- else if eq $task "sentiment" -}}
-{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["Acme Bank beats estimates as profit surges"]}]}
-{{- else if eq $task "credit" -}}
-{"inputs":[{"name":"applicant","datatype":"FP32","shape":[1,12],"data":[85000,0.25,0.3,12,0,1,5,20000,36,6,1,0]}]}
-{{- end }}
+{{- $samples := .ctx.Files.Get "files/sample_requests.json" | fromJson }}
+{{- index $samples (default .model.name .model.task) | default "" }}
 {{- end }}
 
 {{/*
