@@ -31,14 +31,18 @@ C32, C1 = "single c=32", "single c=1"
 
 
 def _f(x: float | None, digits: int = 1) -> str:
+    """A figure with thousands separators, or "-" when missing."""
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
 def _ok(ok: bool | None) -> str:
+    """A target's verdict: PASS, FAIL or n/a (not measured)."""
     return "n/a" if ok is None else ("**PASS**" if ok else "**FAIL**")
 
 
 class Points:
+    """A run's points, looked up by system, model and scenario."""
+
     def __init__(self, points: list[dict[str, Any]]) -> None:
         self.index = {(p["system"], p["model"], p["scenario"]): p for p in points}
 
@@ -48,6 +52,13 @@ class Points:
 
 def targets(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
     """The issue's targets as pass/fail lines."""
+    return [*_single_request_targets(pts), *_batched_targets(r, pts, models),
+            *_added_latency_targets(r, pts, models), _cold_start_target(r),
+            _autoscaling_target(r)]
+
+
+def _single_request_targets(pts: Points) -> list[str]:
+    """Sentiment, 1 instance, c=32: FinServe against (a) and (b), and its p99."""
     out = []
     a = pts.get("a-keras-predict", "sentiment", C32)
     b = pts.get("b-fastapi-signature", "sentiment", C32)
@@ -72,6 +83,12 @@ def targets(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
         out.append(f"- {_ok(fs['p99_ms'] < 100 and fs['errors'] == 0)} sentiment, 1 instance, "
                    f"c=32, {name}: p99 {_f(fs['p99_ms'])} ms, {fs['errors']} errors "
                    "(target < 100 ms)")
+    return out
+
+
+def _batched_targets(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
+    """Per model and route, the best batched point as a share of the in-process limit."""
+    out = []
     batched = [s for s in r["scenarios"] if s["instances"] > 1]
     for m in models:
         limit = r["inprocess"].get(m, {}).get("best_instances_per_s")
@@ -94,6 +111,12 @@ def targets(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
                        + (f"; Ray Serve's floor for the same requests: "
                           f"{floor['instances_per_s'] / limit:.0%} of the limit"
                           if floor and floor["requests"] else ""))
+    return out
+
+
+def _added_latency_targets(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
+    """Per model and route, the p50 FinServe adds at c=1 to in-process preprocess + call."""
+    out = []
     for m in models:
         base = r["inprocess"].get(m, {}).get("batch1_pre_call_p50_ms")
         for route in ("v2", "task"):
@@ -103,25 +126,33 @@ def targets(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
                 out.append(f"- {_ok(added <= 3)} {m}, c=1, {SYSTEMS['finserve-' + route]}: "
                            f"p50 {_f(fs['p50_ms'], 2)} ms - in-process preprocess+call "
                            f"{_f(base, 2)} ms = {_f(added, 2)} ms added (target ≤ 3 ms)")
+    return out
+
+
+def _cold_start_target(r: dict[str, Any]) -> str:
+    """FinServe's start to its first answer, with the first failed start if any."""
     info = r["systems"].get("finserve", {})
     cold = info.get("first_answer_s")
     failed = len(info.get("failed_attempts", []))
-    out.append(f"- {_ok(None if cold is None else cold < 30 and not failed)} cold start, "
-               "`finserve serve --no-train` (deps installed, models trained) to the first "
-               f"answer on the sentiment task route: {_f(cold)} s (target < 30 s)"
-               + (f", after {failed} failed start(s): "
-                  f"{_one_line(info['failed_attempts'][0]['error'])}" if failed else ""))
+    return (f"- {_ok(None if cold is None else cold < 30 and not failed)} cold start, "
+            "`finserve serve --no-train` (deps installed, models trained) to the first "
+            f"answer on the sentiment task route: {_f(cold)} s (target < 30 s)"
+            + (f", after {failed} failed start(s): "
+               f"{_one_line(info['failed_attempts'][0]['error'])}" if failed else ""))
+
+
+def _autoscaling_target(r: dict[str, Any]) -> str:
+    """The autoscaling load step: when the second replica was added and serving."""
     step = r.get("autoscale") or {}
     serving, load = step.get("serving_s"), step.get("load") or {}
-    out.append(f"- {_ok(None if serving is None else serving <= 10 and not load.get('errors'))}"
-               f" autoscaling, sentiment's Model stage from 1 replica "
-               f"(`{json.dumps(step.get('autoscaling'))}`), load step after "
-               f"{step.get('idle_before_s', '-')} s idle to "
-               f"{step.get('connections', '-')} connections of 64 instances: the second "
-               f"replica added after {_f(step.get('added_s'))} s and serving after "
-               f"{_f(serving)} s, {load.get('errors', '-')} errors (target ≤ 10 s)"
-               + (f": {_one_line(step['error'])}" if step.get("error") else ""))
-    return out
+    return (f"- {_ok(None if serving is None else serving <= 10 and not load.get('errors'))}"
+            f" autoscaling, sentiment's Model stage from 1 replica "
+            f"(`{json.dumps(step.get('autoscaling'))}`), load step after "
+            f"{step.get('idle_before_s', '-')} s idle to "
+            f"{step.get('connections', '-')} connections of 64 instances: the second "
+            f"replica added after {_f(step.get('added_s'))} s and serving after "
+            f"{_f(serving)} s, {load.get('errors', '-')} errors (target ≤ 10 s)"
+            + (f": {_one_line(step['error'])}" if step.get("error") else ""))
 
 
 def plots(r: dict[str, Any], pts: Points, models: list[str], stem: str) -> list[Path]:
@@ -184,6 +215,7 @@ def _load(p: dict[str, Any]) -> str:
 
 
 def _headroom(ceiling: dict[str, Any] | None, points: list[dict[str, Any]]) -> str:
+    """How far wrk's ceiling is above the fastest system measured."""
     best = max((p["rps"] for p in points if p["system"] != "wrk-ceiling"), default=0.0)
     if not ceiling or not best:
         return "."
@@ -258,13 +290,41 @@ def _cpu_table(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
 
 
 def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
+    """Write ``doc`` (docs/benchmarks.md) and the run's plots from the results ``r`` that
+    were stored in ``json_path``."""
     pts = Points(r["points"])
     models = r["models"]
+    lines = [
+        *_run_summary(r, json_path),
+        "",
+        "## Targets (issue 6)",
+        "",
+        *targets(r, pts, models),
+        "",
+        *_levers(),
+        *SYSTEMS_SECTION,
+        *_model_limit_table(r),
+        *_ratio_table(r, pts, models),
+        *_model_tables(r, pts, models),
+        *_floor_table(r, pts, models),
+        *_cpu_table(r, pts, models),
+        *_proxy_table(pts),
+        *_cold_start_history(json_path.parent),
+        *_lifecycle_table(r),
+        *_plots_section(r, pts, models, json_path.stem),
+        *METHOD_SECTION,
+    ]
+    doc.write_text("\n".join(lines))
+
+
+def _run_summary(r: dict[str, Any], json_path: Path) -> list[str]:
+    """The page's title, introduction and the run's circumstances: mode, machine, load and
+    the load generator's ceiling."""
     mach = r["machine"]
     ceiling = max((p for p in r["points"] if p["system"] == "wrk-ceiling"),
                   key=lambda p: p["rps"], default=None)
     rel = json_path.relative_to(ROOT)
-    lines = [
+    return [
         "# Benchmarks",
         "",
         "FinServe against the ways a model could be served without it, side by side in one "
@@ -286,57 +346,64 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
         + (f"{_f(ceiling['rps'], 0)} req/s at c={ceiling['connections']} "
            f"(p99 {_f(ceiling['p99_ms'], 2)} ms)" if ceiling else "not measured")
         + _headroom(ceiling, r["points"]),
-        "",
-        "## Targets (issue 6)",
-        "",
-        *targets(r, pts, models),
-        "",
-        *_levers(),
-        "## Systems",
-        "",
-        "| system | what answers |",
-        "| --- | --- |",
-        "| FinServe V2 / task route | `finserve serve --no-train` in a subprocess with a "
-        "generated Serve config (deployments/serve.yaml's settings for these models, the "
-        "benchmark store `benchmarks/.store`, audit trail on), as shipped: HAProxy ingress → "
-        "gateway replicas running each model's Preprocess → Model (`@serve.batch`) → "
-        "Postprocess in-process (`placement: gateway`). `POST /v2/models/{m}/infer`"
-        " and `POST /v1/{m}/{route}` (task-route bodies from `tests/testdata`). |",
-        "| FinServe V2, binary tensors | the same server, `POST /v2/models/{m}/infer` with "
-        "the binary tensor data extension both ways, the body as Triton's HTTP client builds "
-        "it (JSON header, then the raw tensor; every output asked for as binary); batched "
-        "requests only. |",
-        "| FinServe …, Ray's Python proxy | the same with `--proxy python` (Ray Serve's "
-        "default proxy actor); sentiment, 1 instance per request only. |",
-        "| (a) seed: keras predict | one uvicorn process, sync FastAPI endpoint "
-        "`POST /v2/models/{m}/infer` (V2 body), task preprocess, `keras.Model.predict` per "
-        "request on a Keras model of `keras.layers.TFSMLayer` wrapping the stored "
-        "SavedModel's `serving_default`, task postprocess (benchmarks/baselines.py). |",
-        "| (b) FastAPI + signature | the same app calling the SavedModel signature "
-        "(`serving.training.load_signature`) instead of `predict`: a hand-written "
-        "single-process server. No audit, auth or limits. |",
-        "| (c) in-process | the signature called in the bench process, no HTTP, TensorFlow "
-        "default threads; batch sizes 1-8,192 (powers of two). |",
-        "| Ray Serve floor | a no-op app on FinServe's Ray Serve set-up answering FinServe's "
-        "own answers (`benchmarks/floor.py`); batched requests only. |",
-        "",
-        "## The model's own limit (c)",
-        "",
-        "| model | best instances/s | at batch | batch-1 call p50 (ms) | batch-1 preprocess "
-        "+ call p50 (ms) | + postprocess (ms) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
+
+
+#: what each system is; follows the levers, which end with a blank line
+SYSTEMS_SECTION = [
+    "## Systems",
+    "",
+    "| system | what answers |",
+    "| --- | --- |",
+    "| FinServe V2 / task route | `finserve serve --no-train` in a subprocess with a "
+    "generated Serve config (deployments/serve.yaml's settings for these models, the "
+    "benchmark store `benchmarks/.store`, audit trail on), as shipped: HAProxy ingress → "
+    "gateway replicas running each model's Preprocess → Model (`@serve.batch`) → "
+    "Postprocess in-process (`placement: gateway`). `POST /v2/models/{m}/infer`"
+    " and `POST /v1/{m}/{route}` (task-route bodies from `tests/testdata`). |",
+    "| FinServe V2, binary tensors | the same server, `POST /v2/models/{m}/infer` with "
+    "the binary tensor data extension both ways, the body as Triton's HTTP client builds "
+    "it (JSON header, then the raw tensor; every output asked for as binary); batched "
+    "requests only. |",
+    "| FinServe …, Ray's Python proxy | the same with `--proxy python` (Ray Serve's "
+    "default proxy actor); sentiment, 1 instance per request only. |",
+    "| (a) seed: keras predict | one uvicorn process, sync FastAPI endpoint "
+    "`POST /v2/models/{m}/infer` (V2 body), task preprocess, `keras.Model.predict` per "
+    "request on a Keras model of `keras.layers.TFSMLayer` wrapping the stored "
+    "SavedModel's `serving_default`, task postprocess (benchmarks/baselines.py). |",
+    "| (b) FastAPI + signature | the same app calling the SavedModel signature "
+    "(`serving.training.load_signature`) instead of `predict`: a hand-written "
+    "single-process server. No audit, auth or limits. |",
+    "| (c) in-process | the signature called in the bench process, no HTTP, TensorFlow "
+    "default threads; batch sizes 1-8,192 (powers of two). |",
+    "| Ray Serve floor | a no-op app on FinServe's Ray Serve set-up answering FinServe's "
+    "own answers (`benchmarks/floor.py`); batched requests only. |",
+]
+
+
+def _model_limit_table(r: dict[str, Any]) -> list[str]:
+    """(c): each model's best in-process rate and its batch-1 latencies."""
+    lines = ["",
+             "## The model's own limit (c)",
+             "",
+             "| model | best instances/s | at batch | batch-1 call p50 (ms) | batch-1 preprocess "
+             "+ call p50 (ms) | + postprocess (ms) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for m, lim in r["inprocess"].items():
         lines.append(f"| {m} | {_f(lim['best_instances_per_s'], 0)} | {lim['best_batch']} | "
                      f"{_f(lim['batch1_call_p50_ms'], 2)} | "
                      f"{_f(lim['batch1_pre_call_p50_ms'], 2)} | "
                      f"{_f(lim['batch1_pre_call_post_p50_ms'], 2)} |")
-    lines += ["", "## FinServe as a ratio to each baseline (requests/s)", "",
-              "| model | scenario | FinServe V2 req/s | ÷ (a) | ÷ (b) | FinServe task req/s "
-              "| ÷ (a) | ÷ (b) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    scenarios = [s["name"] for s in r["scenarios"]]
+    return lines
+
+
+def _ratio_table(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
+    """FinServe's requests/s per model and scenario, divided by (a)'s and (b)'s."""
+    lines = ["", "## FinServe as a ratio to each baseline (requests/s)", "",
+             "| model | scenario | FinServe V2 req/s | ÷ (a) | ÷ (b) | FinServe task req/s "
+             "| ÷ (a) | ÷ (b) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for m in models:
-        for sc in scenarios:
+        for sc in (s["name"] for s in r["scenarios"]):
             a = pts.get("a-keras-predict", m, sc)
             b = pts.get("b-fastapi-signature", m, sc)
             cells = []
@@ -347,56 +414,81 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
                     ok = fs and base and base["rps"] > 0
                     cells.append(f"{fs['rps'] / base['rps']:.2f}x" if ok else "-")
             lines.append(f"| {m} | {sc} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _model_tables(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
+    """One table per model: every system's point in every scenario."""
+    lines = []
     for m in models:
         lines += ["", f"## {m}", "",
                   "| system | scenario | req/s | instances/s | p50 ms | p95 ms | p99 ms | "
                   "errors | load |", "| --- | --- |" + " ---: |" * 7]
         for system, label in SYSTEMS.items():
-            for sc in scenarios:
+            for sc in (s["name"] for s in r["scenarios"]):
                 p = pts.get(system, m, sc)
-                if p and not p["requests"]:
-                    lines.append(f"| {label} | {sc} | 0 | 0 | - | - | - | no answer within "
-                                 f"the run; {p['errors']} errors | {_load(p)} |")
-                elif p:
-                    err = f"{p['errors']} {p['errors_by_kind']}" if p["errors"] else "0"
-                    lines.append(f"| {label} | {sc} | {_f(p['rps'])} | "
-                                 f"{_f(p['instances_per_s'], 0)} | {_f(p['p50_ms'], 2)} | "
-                                 f"{_f(p['p95_ms'], 2)} | {_f(p['p99_ms'], 2)} | {err} | "
-                                 f"{_load(p)} |")
-    lines += [*_floor_table(r, pts, models), *_cpu_table(r, pts, models), "",
-              "## Ray's Python proxy against the HAProxy ingress (sentiment, 1 instance)",
-              "", "Two FinServe instances side by side (the shipped HAProxy one kept from the "
-              "main comparison and one started with `--proxy python`), measured interleaved "
-              "point by point.", ""]
-    if pts.get("finserve-haproxy-v2", "sentiment", C1):
-        lines += ["| route | c | Python proxy req/s | p50 | p99 | HAProxy req/s | p50 | p99 |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for route in ("v2", "task"):
-            for c in (1, 8, 32, 128):
-                d = pts.get(f"finserve-default-{route}", "sentiment", f"single c={c}")
-                h = pts.get(f"finserve-haproxy-{route}", "sentiment", f"single c={c}")
-                if d and h:
-                    lines.append(f"| {route} | {c} | {_f(d['rps'])} | {_f(d['p50_ms'], 2)} | "
-                                 f"{_f(d['p99_ms'], 2)} | {_f(h['rps'])} | "
-                                 f"{_f(h['p50_ms'], 2)} | {_f(h['p99_ms'], 2)} |")
-    else:
-        lines.append("Not measured in this run (`--haproxy`, on by default in full mode).")
-    lines += ["", "## Cold start in every stored run", "",
-              "`finserve serve --no-train` to the first 200 on the sentiment task route; it "
-              "depends on the machine's load as much as on FinServe.", "",
-              "| results file | mode | load at run start (1 min) | first answer (s) |",
-              "| --- | --- | ---: | ---: |"]
-    for q in sorted(json_path.parent.glob("*.json")):
+                if p:
+                    lines.append(_point_row(label, sc, p))
+    return lines
+
+
+def _point_row(label: str, scenario: str, p: dict[str, Any]) -> str:
+    """One point's row in its model's table; a point without answers says so."""
+    if not p["requests"]:
+        return (f"| {label} | {scenario} | 0 | 0 | - | - | - | no answer within "
+                f"the run; {p['errors']} errors | {_load(p)} |")
+    err = f"{p['errors']} {p['errors_by_kind']}" if p["errors"] else "0"
+    return (f"| {label} | {scenario} | {_f(p['rps'])} | "
+            f"{_f(p['instances_per_s'], 0)} | {_f(p['p50_ms'], 2)} | "
+            f"{_f(p['p95_ms'], 2)} | {_f(p['p99_ms'], 2)} | {err} | "
+            f"{_load(p)} |")
+
+
+def _proxy_table(pts: Points) -> list[str]:
+    """Ray's Python proxy against the HAProxy ingress, sentiment, 1 instance per request."""
+    lines = ["",
+             "## Ray's Python proxy against the HAProxy ingress (sentiment, 1 instance)",
+             "", "Two FinServe instances side by side (the shipped HAProxy one kept from the "
+             "main comparison and one started with `--proxy python`), measured interleaved "
+             "point by point.", ""]
+    if not pts.get("finserve-haproxy-v2", "sentiment", C1):
+        return [*lines, "Not measured in this run (`--haproxy`, on by default in full mode)."]
+    lines += ["| route | c | Python proxy req/s | p50 | p99 | HAProxy req/s | p50 | p99 |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for route in ("v2", "task"):
+        for c in (1, 8, 32, 128):
+            d = pts.get(f"finserve-default-{route}", "sentiment", f"single c={c}")
+            h = pts.get(f"finserve-haproxy-{route}", "sentiment", f"single c={c}")
+            if d and h:
+                lines.append(f"| {route} | {c} | {_f(d['rps'])} | {_f(d['p50_ms'], 2)} | "
+                             f"{_f(d['p99_ms'], 2)} | {_f(h['rps'])} | "
+                             f"{_f(h['p50_ms'], 2)} | {_f(h['p99_ms'], 2)} |")
+    return lines
+
+
+def _cold_start_history(results: Path) -> list[str]:
+    """FinServe's cold start in every run stored in ``results``."""
+    lines = ["", "## Cold start in every stored run", "",
+             "`finserve serve --no-train` to the first 200 on the sentiment task route; it "
+             "depends on the machine's load as much as on FinServe.", "",
+             "| results file | mode | load at run start (1 min) | first answer (s) |",
+             "| --- | --- | ---: | ---: |"]
+    for q in sorted(results.glob("*.json")):
         run = json.loads(q.read_text())
         fs = run.get("systems", {}).get("finserve", {})
         if fs:
             mode = run["mode"] + ("" if run.get("audit", True) else ", no audit")
             lines.append(f"| `{q.name}` | {mode} | {run['load_start'][0]:.0f} | "
                          f"{_f(fs.get('first_answer_s'))} |")
-    lines += ["", "## Start, stop and clean-up", "",
-              "| system | load when started | first answer (s) | ready (s) | exit code | "
-              "processes left and killed | ports free after stop | error |",
-              "| --- | ---: | ---: | ---: | ---: | --- | --- | --- |"]
+    return lines
+
+
+def _lifecycle_table(r: dict[str, Any]) -> list[str]:
+    """How each system started and stopped, and what it left behind."""
+    lines = ["", "## Start, stop and clean-up", "",
+             "| system | load when started | first answer (s) | ready (s) | exit code | "
+             "processes left and killed | ports free after stop | error |",
+             "| --- | ---: | ---: | ---: | ---: | --- | --- | --- |"]
     for name, info in r["systems"].items():
         stop = info.get("stop", {})
         lines.append(f"| {name} | {_f(info.get('load1_at_start'), 0)} | "
@@ -404,51 +496,57 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
                      f"| {stop.get('exit_code', '-')} | {len(stop.get('killed_leftovers', []))}"
                      f" {stop.get('killed_leftovers') or ''} | {_ports(stop.get('ports_free'))} "
                      f"| {_one_line(info.get('error', ''))} |")
-    figures = plots(r, pts, models, json_path.stem)
-    lines += ["", "## Throughput against p99 latency", ""]
-    if figures:
-        lines += [f"![{p.stem}](../{p.relative_to(ROOT)})" for p in figures]
-    else:
-        lines.append("matplotlib is not installed: no plots.")
-    lines += [
-        "", "## Method", "",
-        "- Order: wrk's ceiling (trivial server alone); (c) in-process, before any server "
-        "runs; FinServe started alone (its cold start is timed), then (a) and (b) started "
-        "beside it; then every scenario is run on every system back to back (a, b, FinServe "
-        "task, FinServe V2 for one scenario, then the next), so that all systems see the "
-        "same machine load within a minute of each other on a shared machine. Idle systems "
-        "stay up meanwhile (an idle Ray costs a little CPU, a cost the baselines bear). Before "
-        "each point one request must answer 200; after it the system must drain its backlog "
-        "(one fresh request answers) before the next point starts.",
-        "- App alone (part `app`, after (c) and before any server starts): "
-        "`benchmarks/appcpu.py` in a subprocess per model and route, with this run's Serve "
-        "config and batched bodies, 3,200 requests (320 in quick mode) after 640 to warm up.",
-        "- Ray Serve's floor (after FinServe and the proxy comparison, alone): the bench "
-        "keeps FinServe's answer to each batched body and serves them back from "
-        "`benchmarks/floor.py`, started by `finserve serve` with FinServe's Serve config "
-        "and only the import path changed.",
-        "- Autoscaling (last, FinServe alone): `benchmarks/autoscale.py`; the bench joins "
-        "FinServe's Ray as a second driver and reads Serve's replica states every 0.2 s. "
-        "*Added* is when Serve creates the second Model replica, *serving* when it is "
-        "RUNNING, from the moment wrk starts.",
-        "- FinServe runs with `RAY_worker_niceness=0`: Ray starts its workers at nice 15, "
-        "below the baselines' nice 0, and on a machine busy with other work that alone "
-        "starves a pipeline of a dozen processes; on a dedicated machine it makes no difference.",
-        "- wrk is closed-loop: each connection sends its next request when the last answer "
-        "arrives; c = connections. Requests/s counts 2xx answers; errors are connect, read, "
-        "write, timeout (10 s) and non-2xx. Latency percentiles are wrk's own.",
-        "- Single-instance scenarios send one example per request at c = 1, 8, 32, 128; the "
-        "batched ones send 64 examples per request at c = 8 and 32. The batched target takes "
-        "the better of the two (the server's capacity, as the in-process limit is the "
-        "model's best batch size); both are in the tables. Bodies are built from "
-        "`tests/testdata/<task>_task_request.json` records (cycled to 64), the V2 body from "
-        "the same records through the task's `records_to_raw`.",
-        "- Added latency at c=1 is FinServe's p50 minus the in-process p50 of one instance "
-        "through preprocess + signature call.",
-        "- FinServe is stopped with SIGINT (its Ctrl-C path: `serve.shutdown`, "
-        "`ray.shutdown`); any process of its tree still alive 15 s later is killed by pid "
-        "and listed above; then its ports are checked. `ray stop` is never used: it would "
-        "stop other Ray instances on the machine.",
-        "",
-    ]
-    doc.write_text("\n".join(lines))
+    return lines
+
+
+def _plots_section(r: dict[str, Any], pts: Points, models: list[str], stem: str) -> list[str]:
+    """Draw the run's plots and link them from the page (relative to docs/)."""
+    figures = plots(r, pts, models, stem)
+    lines = ["", "## Throughput against p99 latency", ""]
+    if not figures:
+        return [*lines, "matplotlib is not installed: no plots."]
+    return lines + [f"![{p.stem}](../{p.relative_to(ROOT)})" for p in figures]
+
+
+#: how the suite measures; the page's last section
+METHOD_SECTION = [
+    "", "## Method", "",
+    "- Order: wrk's ceiling (trivial server alone); (c) in-process, before any server "
+    "runs; FinServe started alone (its cold start is timed), then (a) and (b) started "
+    "beside it; then every scenario is run on every system back to back (a, b, FinServe "
+    "task, FinServe V2 for one scenario, then the next), so that all systems see the "
+    "same machine load within a minute of each other on a shared machine. Idle systems "
+    "stay up meanwhile (an idle Ray costs a little CPU, a cost the baselines bear). Before "
+    "each point one request must answer 200; after it the system must drain its backlog "
+    "(one fresh request answers) before the next point starts.",
+    "- App alone (part `app`, after (c) and before any server starts): "
+    "`benchmarks/appcpu.py` in a subprocess per model and route, with this run's Serve "
+    "config and batched bodies, 3,200 requests (320 in quick mode) after 640 to warm up.",
+    "- Ray Serve's floor (after FinServe and the proxy comparison, alone): the bench "
+    "keeps FinServe's answer to each batched body and serves them back from "
+    "`benchmarks/floor.py`, started by `finserve serve` with FinServe's Serve config "
+    "and only the import path changed.",
+    "- Autoscaling (last, FinServe alone): `benchmarks/autoscale.py`; the bench joins "
+    "FinServe's Ray as a second driver and reads Serve's replica states every 0.2 s. "
+    "*Added* is when Serve creates the second Model replica, *serving* when it is "
+    "RUNNING, from the moment wrk starts.",
+    "- FinServe runs with `RAY_worker_niceness=0`: Ray starts its workers at nice 15, "
+    "below the baselines' nice 0, and on a machine busy with other work that alone "
+    "starves a pipeline of a dozen processes; on a dedicated machine it makes no difference.",
+    "- wrk is closed-loop: each connection sends its next request when the last answer "
+    "arrives; c = connections. Requests/s counts 2xx answers; errors are connect, read, "
+    "write, timeout (10 s) and non-2xx. Latency percentiles are wrk's own.",
+    "- Single-instance scenarios send one example per request at c = 1, 8, 32, 128; the "
+    "batched ones send 64 examples per request at c = 8 and 32. The batched target takes "
+    "the better of the two (the server's capacity, as the in-process limit is the "
+    "model's best batch size); both are in the tables. Bodies are built from "
+    "`tests/testdata/<task>_task_request.json` records (cycled to 64), the V2 body from "
+    "the same records through the task's `records_to_raw`.",
+    "- Added latency at c=1 is FinServe's p50 minus the in-process p50 of one instance "
+    "through preprocess + signature call.",
+    "- FinServe is stopped with SIGINT (its Ctrl-C path: `serve.shutdown`, "
+    "`ray.shutdown`); any process of its tree still alive 15 s later is killed by pid "
+    "and listed above; then its ports are checked. `ray stop` is never used: it would "
+    "stop other Ray instances on the machine.",
+    "",
+]

@@ -284,9 +284,6 @@ def main(
     docs: Annotated[bool, typer.Option(help="Write docs/benchmarks.md and plots.")] = True,
 ) -> None:
     """Measure FinServe and the baselines; write results, docs and plots."""
-    from benchmarks.inprocess import model_limit
-    from benchmarks.report import write_report
-
     started = time.perf_counter()
     wrk_version = require_wrk()
     names = [m.strip() for m in models.split(",") if m.strip()]
@@ -308,92 +305,7 @@ def main(
     points: list[dict[str, Any]] = []
     signal.signal(signal.SIGTERM, _interrupt)  # stop the systems on SIGTERM too
     try:
-        result["versions"] = ensure_models(names)
-        config, bodies = write_inputs(names, audit)
-        bench = Bench(seconds, warmup, bodies, points)
-        infos: dict[str, dict[str, Any]] = result["systems"]
-
-        # wrk's own ceiling: a trivial raw-asyncio responder, tiny JSON body, alone
-        tiny = WORK / "bodies" / "tiny.json"
-        tiny.write_text('{"inputs": []}')
-        port = free_port()
-        trivial = System("wrk-ceiling", python_module("benchmarks.trivial", "--port", str(port)),
-                         port, WORK / "trivial.log", stop_signal=signal.SIGTERM)
-        if "ceiling" in parts and start(trivial, "/", None, infos):
-            try:
-                for c in (1, 32, 128):
-                    r = wrk(trivial.base + "/", tiny, c, seconds, warmup)
-                    bench.points.append({"system": "wrk-ceiling", "route": "-", "model": "-",
-                                         "scenario": f"single c={c}", "instances": 1,
-                                         "connections": c, "instances_per_s": r["rps"], **r})
-                    log(f"  wrk ceiling c={c}: {r['rps']:.0f} req/s p99 {r['p99_ms']:.2f} ms")
-            finally:
-                stop(trivial, infos)
-
-        # (c) the model's own limit, in this process, before any server runs
-        from serving.config import load_serve_config
-        from serving.store import ModelStore
-
-        args = load_serve_config(config)[1]
-        result["inprocess"] = {}
-        for m in names if "inprocess" in parts else []:
-            limit = model_limit(ModelStore(STORE), m, args.model(m).task_name,
-                                _raw(m, bodies), args.model(m).options, max(1, seconds // 4))
-            result["inprocess"][m] = limit
-            log(f"  in-process {m}: best {limit['best_instances_per_s']:.0f} inst/s at batch "
-                f"{limit['best_batch']}; batch 1 preprocess+call p50 "
-                f"{limit['batch1_pre_call_p50_ms']:.2f} ms")
-
-        # FinServe's gateway app alone, in a process of its own, before any server runs
-        if "app" in parts:
-            result["app_alone"] = app_alone(config, bodies, names, 32 * (10 if quick else 100))
-
-        # FinServe first and alone (its cold start), then (a) and (b) beside it, interleaved
-        first = (task_path(names[0]), bodies[(names[0], "task", 1)].read_bytes())
-        default = finserve("finserve", config, haproxy=True)
-        baselines = [baseline(kind, name, config)
-                     for part, kind, name in (("a", "keras", "a-keras-predict"),
-                                              ("b", "signature", "b-fastapi-signature"))
-                     if part in parts]
-        answered: list[str] = []  # models whose batched answers the floor sends back
-        try:
-            targets: list[Target] = []
-            if "finserve" in parts and start(default, *first, infos):
-                targets += [Target("finserve-v2", default.base, "v2"),
-                            Target("finserve-task", default.base, "task"),
-                            Target("finserve-v2bin", default.base, "v2bin")]
-            for system in baselines:
-                if start(system, "/v2/health/ready", None, infos):
-                    targets.append(Target(system.name, system.base, "v2"))
-            targets.sort(key=lambda t: t.system)
-            bench.interleaved(targets, names, SCENARIOS)
-            if "floor" in parts and default.proc is not None and default.proc.poll() is None:
-                answered = save_answers(default.base, names, bodies)
-            for system in baselines:
-                stop(system, infos)
-            # Ray's Python proxy beside the shipped HAProxy ingress, interleaved, sentiment
-            if "haproxy" in parts and "sentiment" in names:
-                py = finserve("finserve-pyproxy", config, haproxy=False)
-                try:
-                    if start(py, *first, infos):
-                        pairs = [Target("finserve-default-v2", py.base, "v2"),
-                                 Target("finserve-default-task", py.base, "task")]
-                        if default.proc is not None and default.proc.poll() is None:
-                            pairs += [Target("finserve-haproxy-v2", default.base, "v2"),
-                                      Target("finserve-haproxy-task", default.base, "task")]
-                        pairs.sort(key=lambda t: (t.route, t.system))
-                        single = [s for s in SCENARIOS if s.instances == 1]
-                        bench.interleaved(pairs, ["sentiment"], single)
-                finally:
-                    stop(py, infos)
-        finally:
-            for system in [*baselines, default]:
-                if system.name in infos:
-                    stop(system, infos)
-        if answered:
-            ray_serve_floor(config, bench, answered, infos)
-        if "autoscale" in parts and "sentiment" in names:
-            result["autoscale"] = autoscale_step(config, bodies, infos)
+        measure(result, names, parts, points)
     except KeyboardInterrupt:
         result["interrupted"] = True
         log("interrupted: systems stopped; writing the points measured so far")
@@ -401,17 +313,146 @@ def main(
     result["points"] = points
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
     result["total_s"] = round(time.perf_counter() - started, 1)
+    save_run(result, parts, haproxy, docs)
+
+
+def measure(result: dict[str, Any], names: list[str], parts: set[str],
+            points: list[dict[str, Any]]) -> None:
+    """Every part of the suite in ``parts``, in order; figures go into ``result``, points
+    into ``points`` (kept if the run is interrupted)."""
+    quick = result["mode"] == "quick"
+    result["versions"] = ensure_models(names)
+    config, bodies = write_inputs(names, result["audit"])
+    bench = Bench(result["seconds_per_point"], result["warmup_s"], bodies, points)
+    infos: dict[str, dict[str, Any]] = result["systems"]
+    wrk_ceiling(bench, parts, infos)
+    result["inprocess"] = inprocess_limits(
+        config, bodies, names if "inprocess" in parts else [], bench.seconds)
+    # FinServe's gateway app alone, in a process of its own, before any server runs
+    if "app" in parts:
+        result["app_alone"] = app_alone(config, bodies, names, 32 * (10 if quick else 100))
+    answered = side_by_side(config, names, parts, bench, infos)
+    if answered:
+        ray_serve_floor(config, bench, answered, infos)
+    if "autoscale" in parts and "sentiment" in names:
+        result["autoscale"] = autoscale_step(config, bodies, infos)
+
+
+def wrk_ceiling(bench: Bench, parts: set[str], infos: dict[str, dict[str, Any]]) -> None:
+    """wrk's own ceiling: a trivial raw-asyncio responder, tiny JSON body, alone."""
+    tiny = WORK / "bodies" / "tiny.json"
+    tiny.write_text('{"inputs": []}')
+    port = free_port()
+    trivial = System("wrk-ceiling", python_module("benchmarks.trivial", "--port", str(port)),
+                     port, WORK / "trivial.log", stop_signal=signal.SIGTERM)
+    if "ceiling" in parts and start(trivial, "/", None, infos):
+        try:
+            for c in (1, 32, 128):
+                r = wrk(trivial.base + "/", tiny, c, bench.seconds, bench.warmup)
+                bench.points.append({"system": "wrk-ceiling", "route": "-", "model": "-",
+                                     "scenario": f"single c={c}", "instances": 1,
+                                     "connections": c, "instances_per_s": r["rps"], **r})
+                log(f"  wrk ceiling c={c}: {r['rps']:.0f} req/s p99 {r['p99_ms']:.2f} ms")
+        finally:
+            stop(trivial, infos)
+
+
+def inprocess_limits(config: Path, bodies: dict[tuple[str, str, int], Path],
+                     models: list[str], seconds: int) -> dict[str, Any]:
+    """(c) each model's own limit, in this process, before any server runs."""
+    from benchmarks.inprocess import model_limit
+    from serving.config import load_serve_config
+    from serving.store import ModelStore
+
+    args = load_serve_config(config)[1]
+    limits = {}
+    for m in models:
+        limit = model_limit(ModelStore(STORE), m, args.model(m).task_name,
+                            _raw(m, bodies), args.model(m).options, max(1, seconds // 4))
+        limits[m] = limit
+        log(f"  in-process {m}: best {limit['best_instances_per_s']:.0f} inst/s at batch "
+            f"{limit['best_batch']}; batch 1 preprocess+call p50 "
+            f"{limit['batch1_pre_call_p50_ms']:.2f} ms")
+    return limits
+
+
+def side_by_side(config: Path, names: list[str], parts: set[str], bench: Bench,
+                 infos: dict[str, dict[str, Any]]) -> list[str]:
+    """FinServe first and alone (its cold start), then (a) and (b) beside it, interleaved;
+    then Ray's Python proxy beside FinServe. The models whose batched answers FinServe
+    gave, for the floor to send back."""
+    first = (task_path(names[0]), bench.bodies[(names[0], "task", 1)].read_bytes())
+    default = finserve("finserve", config, haproxy=True)
+    baselines = [baseline(kind, name, config)
+                 for part, kind, name in (("a", "keras", "a-keras-predict"),
+                                          ("b", "signature", "b-fastapi-signature"))
+                 if part in parts]
+    answered: list[str] = []  # models whose batched answers the floor sends back
+    try:
+        targets: list[Target] = []
+        if "finserve" in parts and start(default, *first, infos):
+            targets += [Target("finserve-v2", default.base, "v2"),
+                        Target("finserve-task", default.base, "task"),
+                        Target("finserve-v2bin", default.base, "v2bin")]
+        for system in baselines:
+            if start(system, "/v2/health/ready", None, infos):
+                targets.append(Target(system.name, system.base, "v2"))
+        targets.sort(key=lambda t: t.system)
+        bench.interleaved(targets, names, SCENARIOS)
+        if "floor" in parts and default.proc is not None and default.proc.poll() is None:
+            answered = save_answers(default.base, names, bench.bodies)
+        for system in baselines:
+            stop(system, infos)
+        if "haproxy" in parts and "sentiment" in names:
+            python_proxy_beside(config, default, first, bench, infos)
+    finally:
+        for system in [*baselines, default]:
+            if system.name in infos:
+                stop(system, infos)
+    return answered
+
+
+def python_proxy_beside(config: Path, default: System, first: tuple[str, bytes],
+                        bench: Bench, infos: dict[str, dict[str, Any]]) -> None:
+    """Ray's Python proxy beside the shipped HAProxy ingress (``default``, if still up),
+    interleaved, sentiment, single-instance scenarios."""
+    py = finserve("finserve-pyproxy", config, haproxy=False)
+    try:
+        if start(py, *first, infos):
+            pairs = [Target("finserve-default-v2", py.base, "v2"),
+                     Target("finserve-default-task", py.base, "task")]
+            if default.proc is not None and default.proc.poll() is None:
+                pairs += [Target("finserve-haproxy-v2", default.base, "v2"),
+                          Target("finserve-haproxy-task", default.base, "task")]
+            pairs.sort(key=lambda t: (t.route, t.system))
+            single = [s for s in SCENARIOS if s.instances == 1]
+            bench.interleaved(pairs, ["sentiment"], single)
+    finally:
+        stop(py, infos)
+
+
+def save_run(result: dict[str, Any], parts: set[str], haproxy: bool, docs: bool) -> None:
+    """Store the results; after a complete run write the report (``docs``), and after a
+    complete full run delete the stored results that are neither its own nor cited."""
+    from benchmarks.report import write_report
+    from benchmarks.retention import citing_pages, prune_results
+
+    audit, quick = result["audit"], result["mode"] == "quick"
     RESULTS.mkdir(exist_ok=True)
     partial = set(PARTS) - parts - ({"haproxy"} if not haproxy else set()) or not audit
-    stem = (f"{datetime.now(UTC):%Y-%m-%d}-{commit}" + ("-quick" if quick else "")
+    stem = (f"{datetime.now(UTC):%Y-%m-%d}-{result['commit']}" + ("-quick" if quick else "")
             + ("-partial" if partial else "") + ("" if audit else "-noaudit")
             + ("-interrupted" if result.get("interrupted") else ""))
     out = RESULTS / f"{stem}.json"
     out.write_text(json.dumps(result, indent=1))
     log(f"results: {out} ({result['total_s']} s); load average {result['load_end']}")
-    if docs and not partial and not result.get("interrupted"):
+    complete = not partial and not result.get("interrupted")
+    if docs and complete:
         write_report(result, out, DOC)
         log(f"report: {DOC}")
+    if complete and not quick:
+        removed = prune_results(RESULTS, stem, citing_pages(ROOT))
+        log(f"pruned {len(removed)} results files neither this run's nor cited by the docs")
 
 
 def app_alone(config: Path, bodies: dict[tuple[str, str, int], Path], models: list[str],
