@@ -1,5 +1,5 @@
 # FinServe serving image: Ray 2.60 (Python 3.11) + TensorFlow + the finserve package
-# (serving/, deployments/) + the default models trained at build time, running as the
+# (serving/, deployments/, rollout/) + the default models trained at build time, running as the
 # non-root `ray` user (uid 1000, gid 100) of the Ray image. The KubeRay operator starts Ray
 # in it (`ray start`); the chart's serveConfigV2 imports deployments.app:build_app.
 #
@@ -39,7 +39,8 @@ USER 1000:100
 RUN mkdir -p /home/ray/finserve
 WORKDIR /home/ray/finserve
 
-# .dockerignore lets in only pyproject.toml, README.md, serving/, deployments/, model_store/.
+# .dockerignore lets in only pyproject.toml, README.md, serving/, deployments/, rollout/,
+# model_store/.
 COPY --chown=1000:100 . .
 
 RUN set -eu; \
@@ -50,9 +51,9 @@ RUN set -eu; \
     mkdir -p model_store; \
     finserve train-missing --config deployments/serve.yaml; \
     finserve models --store model_store; \
-    rm -rf serving deployments pyproject.toml README.md
+    rm -rf serving deployments rollout pyproject.toml README.md
 # What runs is the installed package: it must import with no source folder beside it.
-RUN python -c "import ray, tensorflow, deployments.app, serving.store; \
+RUN python -c "import ray, tensorflow, deployments.app, serving.store, rollout.cli; \
 print('finserve image: ray', ray.__version__, 'tensorflow', tensorflow.__version__, \
       'package', deployments.app.__file__)"
 

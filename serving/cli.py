@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from serving.rollout import rollout_app
+from rollout.cli import rollout_app
 from serving.store import ModelStore
 from serving.tasks import TASKS
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from rollout.values import model_version_values
 from serving.config import GATEWAY, AppArgs, ModelRouting, Routing, load_serve_config
-from serving.rollout import model_version_values
 from tests.chart.chartlib import CHART, CI_VALUES, REPO, containers, one, render, write_values
 
 pytestmark = pytest.mark.chart

@@ -14,6 +14,7 @@ import io
 import json
 import subprocess
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,42 @@ from kubernetes.client.exceptions import ApiException
 from rich.console import Console
 from typer.testing import CliRunner
 
-from serving import rollout as ro
-from serving.rollout import Done, Failed, NotApplied, Progress, rollout_state
+from rollout import cli
+from rollout.decision import rollout_state
+from rollout.drift import cluster_drift
+from rollout.events import event_fingerprint, new_events
+from rollout.helm import Helm, HelmError
+from rollout.history import current_revision, undo_target
+from rollout.kube import (
+    REQUEST_TIMEOUT,
+    ApiDenied,
+    ApiUnavailable,
+    KubeAccessError,
+    KubeApiError,
+    KubeRayServiceWatcher,
+    classify_api_error,
+)
+from rollout.kuberay import (
+    DASHBOARD_TIMEOUT_S,
+    KUBERAY_REQUEUE_S,
+    MIN_SETTLE_S,
+    PROXY_CHECK_TIMEOUT_S,
+)
+from rollout.options import RolloutOptions
+from rollout.pods import starting_cluster
+from rollout.release import Rollout
+from rollout.states import (
+    EXIT_NOT_APPLIED,
+    EXIT_NOT_ROLLED_BACK,
+    EXIT_ROLLED_BACK,
+    EXIT_UNOBSERVABLE,
+    Done,
+    Failed,
+    NotApplied,
+    Progress,
+)
+from rollout.values import model_version_values
+from rollout.wait import MAX_BACKOFF_S
 
 CHART_VALUES = Path(__file__).resolve().parents[2] / "charts" / "finserve" / "values.yaml"
 NS = "banking"
@@ -388,7 +423,7 @@ class FakeHelm:
     def history(self, release: str) -> list[dict[str, Any]]:
         self.calls.append(("history", release))
         if self.history_errors:
-            raise ro.HelmError(self.history_errors.pop(0))
+            raise HelmError(self.history_errors.pop(0))
         return [dict(r) for r in self.history_rows]
 
     def upgrade(self, release: str, chart: str, values_files: Sequence[str] = (),
@@ -396,7 +431,7 @@ class FakeHelm:
         self.calls.append(("upgrade", release, chart, tuple(values_files), tuple(set_values)))
         self.upgrade_files = [yaml.safe_load(Path(f).read_text()) for f in values_files]
         if self.upgrade_error:
-            raise ro.HelmError(self.upgrade_error)
+            raise HelmError(self.upgrade_error)
         self._new_revision("Upgrade complete" if self.history_rows else "Install complete")
         if self.kube:
             self.kube.helm_applied()
@@ -421,14 +456,16 @@ class FakeHelm:
 
 
 def make_rollout(helm: FakeHelm, kube: ScriptedKube, clock: FakeClock,
-                 **kwargs: Any) -> tuple[ro.Rollout, io.StringIO]:
+                 **options: Any) -> tuple[Rollout, io.StringIO]:
+    """A Rollout over the stand-ins, with ``options`` (RolloutOptions fields) over a 5 s poll
+    and a 10 s settle."""
     helm.kube = kube
     kube.clock = clock
     out = io.StringIO()
     console = Console(file=out, width=400, color_system=None)
-    rollout = ro.Rollout(helm=helm, make_watcher=lambda name: kube,  # type: ignore[arg-type]
-                         console=console, clock=clock, **{"poll_s": 5.0, "settle_s": 10.0,
-                                                          **kwargs})
+    rollout = Rollout(helm=helm, make_watcher=lambda name: kube,  # type: ignore[arg-type]
+                      console=console, clock=clock,
+                      options=RolloutOptions(**{"poll": 5.0, "settle": 10.0, **options}))
     return rollout, out
 
 
@@ -495,7 +532,7 @@ def test_a_rejection_event_recorded_since_the_rollout_began_fails_it(event: dict
     """validateRayService records the event and returns without requeue (Reconcile)."""
     before = rayservice()
     obj = rejected(before, generation=3, message=INVALID)
-    events = ro.new_events([event], frozenset(), RS_UID)
+    events = new_events([event], frozenset(), RS_UID)
     state = rollout_state(obj, events, before=before)
     assert isinstance(state, Failed) and "KubeRay rejected the spec" in state.reason
     assert event["reason"] in state.reason
@@ -531,13 +568,13 @@ def test_a_validation_condition_is_stale_once_kuberay_observed_the_generation() 
 def test_events_before_the_rollout_or_of_a_deleted_namesake_do_not_count() -> None:
     old = core_event("InvalidRayServiceSpec", INVALID, uid="old")
     other = core_event("InvalidRayServiceSpec", INVALID, uid="gone", rs_uid="another-uid")
-    seen = frozenset({ro.event_fingerprint(old)})
-    assert ro.new_events([old, other], seen, RS_UID) == []
+    seen = frozenset({event_fingerprint(old)})
+    assert new_events([old, other], seen, RS_UID) == []
     repeated = core_event("InvalidRayServiceSpec", INVALID, uid="old", count=2, at=40)
-    assert ro.new_events([repeated], seen, RS_UID) == [repeated]  # v1.6.2 repeat: count 2
+    assert new_events([repeated], seen, RS_UID) == [repeated]  # v1.6.2 repeat: count 2
     first = series_event("InvalidRayServiceSpec", INVALID, uid="s")
     again = series_event("InvalidRayServiceSpec", INVALID, uid="s", repeats=1)
-    assert ro.new_events([again], frozenset({ro.event_fingerprint(first)}), RS_UID) == [again]
+    assert new_events([again], frozenset({event_fingerprint(first)}), RS_UID) == [again]
 
 
 def test_a_rejected_upgrade_is_reported_at_once_with_kuberays_reason() -> None:
@@ -548,9 +585,9 @@ def test_a_rejected_upgrade_is_reported_at_once_with_kuberays_reason() -> None:
     kube.on_apply = [core_event("InvalidRayServiceSpec", INVALID, uid="new")]
     helm = FakeHelm(on_rollback=lambda: kube.play([rayservice(generation=4, observed=4)]))
     clock = FakeClock()
-    rollout, out = make_rollout(helm, kube, clock)
-    assert rollout.start("charts/finserve", set_values=["cpuWorker.minReplicas=5"],
-                         timeout_s=600) == ro.EXIT_ROLLED_BACK
+    rollout, out = make_rollout(helm, kube, clock, set_values=["cpuWorker.minReplicas=5"],
+                                timeout=600)
+    assert rollout.start() == EXIT_ROLLED_BACK
     text = out.getvalue()
     assert "rollout failed: KubeRay rejected the spec (InvalidRayServiceSpec" in text
     assert "minReplicas 5 greater than maxReplicas 4" in text
@@ -564,7 +601,7 @@ def test_an_older_rejection_event_does_not_fail_a_good_rollout() -> None:
     kube = ScriptedKube([rayservice(generation=3, observed=2),
                          rayservice(generation=3, observed=3)], events=[old])
     rollout, _ = make_rollout(FakeHelm(), kube, FakeClock())
-    assert rollout.start("charts/finserve") == 0
+    assert rollout.start() == 0
 
 
 # --------------------------------------------------------------------------- 2. undo
@@ -575,14 +612,14 @@ def test_undo_after_an_automatic_rollback_skips_the_bad_revision() -> None:
                history_row(2, "superseded", "Upgrade complete"),
                history_row(3, "superseded", "Upgrade complete"),  # bad: rolled back by us
                history_row(4, "deployed", "Rollback to 2")]
-    assert ro.undo_target(history)[0] == 1
+    assert undo_target(history)[0] == 1
 
 
 def test_undo_after_a_failed_helm_upgrade_goes_to_the_one_before_the_deployed() -> None:
     history = [history_row(1, "superseded", "Install complete"),
                history_row(2, "deployed", "Upgrade complete"),
                history_row(3, "failed", 'Upgrade "finserve" failed: context deadline exceeded')]
-    assert ro.undo_target(history)[0] == 1
+    assert undo_target(history)[0] == 1
 
 
 def test_undo_follows_chains_of_rollbacks_to_the_first_deployment_of_the_content() -> None:
@@ -592,7 +629,7 @@ def test_undo_follows_chains_of_rollbacks_to_the_first_deployment_of_the_content
                history_row(4, "superseded", "Rollback to 2"),
                history_row(5, "superseded", "Upgrade complete"),
                history_row(6, "deployed", "Rollback to 4")]
-    target, why = ro.undo_target(history)
+    target, why = undo_target(history)
     assert target == 1 and "content of revision 2" in why
 
 
@@ -602,15 +639,15 @@ def test_undo_after_a_failed_rollback_reads_the_newest_superseded_revision() -> 
     history = [history_row(1, "superseded", "Install complete"),
                history_row(2, "superseded", "Upgrade complete"),
                history_row(3, "failed", 'Rollback "finserve" failed: timed out')]
-    assert ro.current_revision(history) == 2
-    assert ro.undo_target(history)[0] == 1
+    assert current_revision(history) == 2
+    assert undo_target(history)[0] == 1
 
 
 def test_undo_has_nothing_to_go_to_after_a_first_install_or_a_pruned_history() -> None:
-    assert ro.undo_target([history_row(1, "deployed", "Install complete")])[0] is None
+    assert undo_target([history_row(1, "deployed", "Install complete")])[0] is None
     pruned = [history_row(8, "superseded", "Upgrade complete"),
               history_row(9, "deployed", "Rollback to 7")]  # helm --history-max dropped 7
-    target, why = ro.undo_target(pruned)
+    target, why = undo_target(pruned)
     assert target is None and "history-max" in why
 
 
@@ -619,12 +656,13 @@ def test_undo_after_an_automatic_rollback_goes_back_to_the_release_before_it() -
                                                                     "DEPLOY_FAILED"})])
     helm = FakeHelm(revisions=2, on_rollback=lambda: kube.play([
         rayservice(generation=4, observed=4)]))
-    rollout, out = make_rollout(helm, kube, FakeClock())
-    assert rollout.start("charts/finserve", image_tag="0.3.0") == ro.EXIT_ROLLED_BACK
+    rollout, out = make_rollout(helm, kube, FakeClock(), image_tag="0.3.0")
+    assert rollout.start() == EXIT_ROLLED_BACK
     assert [r["description"] for r in helm.history_rows] == [
         "Install complete", "Upgrade complete", "Upgrade complete", "Rollback to 2"]
     kube.play([rayservice(generation=5, observed=4), rayservice(generation=5, observed=5)])
-    assert rollout.undo(timeout_s=120) == 0
+    rollout.options = replace(rollout.options, timeout=120)
+    assert rollout.undo() == 0
     assert helm.called("rollback")[-1] == ("rollback", "finserve", 1)
     assert "revision 1 ran before it" in out.getvalue()
 
@@ -649,12 +687,12 @@ def test_a_cluster_written_back_by_kuberay_and_scaled_by_the_autoscaler_has_no_d
     config["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"] = {
         "limits": {"cpu": "0.5", "memory": "1024Mi"}, "requests": {"cpu": 0.5,
                                                                    "memory": "1Gi"}}
-    assert ro.cluster_drift(rayservice(config=config), raycluster(config)) is None
+    assert cluster_drift(rayservice(config=config), raycluster(config)) is None
 
 
 def test_replicas_count_only_without_in_tree_autoscaling() -> None:
     config = cluster_config(autoscaling=False)
-    drift = ro.cluster_drift(rayservice(config=config), raycluster(config,
+    drift = cluster_drift(rayservice(config=config), raycluster(config,
                                                                    autoscaled_replicas=3))
     assert isinstance(drift, NotApplied) and "workerGroupSpecs[cpu].replicas 3 -> 1" in drift.reason
 
@@ -672,7 +710,7 @@ def test_an_image_change_with_upgrade_strategy_none_is_not_applied() -> None:
 def test_incremental_upgrade_without_the_feature_gate_is_named() -> None:
     obj = rayservice(config=cluster_config(image="finserve:0.2.0"),
                      upgrade_type="NewClusterWithIncrementalUpgrade")
-    drift = ro.cluster_drift(obj, raycluster(cluster_config()))
+    drift = cluster_drift(obj, raycluster(cluster_config()))
     assert isinstance(drift, NotApplied) and "RayServiceIncrementalUpgrade" in drift.reason
 
 
@@ -680,7 +718,7 @@ def test_with_new_cluster_a_hashed_difference_is_kuberays_business() -> None:
     """With NewCluster KubeRay names a pending cluster in the same status write that
     advances observedGeneration, so a settled status never has a real hashed difference."""
     obj = rayservice(config=cluster_config(image="finserve:0.2.0"))
-    assert ro.cluster_drift(obj, raycluster(cluster_config())) is None
+    assert cluster_drift(obj, raycluster(cluster_config())) is None
 
 
 def test_an_appended_worker_group_is_applied_in_place() -> None:
@@ -688,7 +726,7 @@ def test_an_appended_worker_group_is_applied_in_place() -> None:
     config = cluster_config(max_replicas=6)
     gpu = copy.deepcopy(config["workerGroupSpecs"][0]) | {"groupName": "gpu"}
     config["workerGroupSpecs"].append(gpu)
-    assert ro.cluster_drift(rayservice(config=config), raycluster(config)) is None
+    assert cluster_drift(rayservice(config=config), raycluster(config)) is None
 
 
 def test_tolerations_added_by_another_controller_are_not_drift_but_missing_ones_are() -> None:
@@ -696,18 +734,18 @@ def test_tolerations_added_by_another_controller_are_not_drift_but_missing_ones_
     cluster = raycluster(config)
     kueue = {"key": "kueue.x-k8s.io/flavor", "operator": "Exists", "effect": "NoSchedule"}
     cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["tolerations"] = [kueue]
-    assert ro.cluster_drift(rayservice(config=config), cluster) is None
+    assert cluster_drift(rayservice(config=config), cluster) is None
     wanted = copy.deepcopy(config)
     wanted["workerGroupSpecs"][0]["template"]["spec"]["tolerations"] = [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    drift = ro.cluster_drift(rayservice(config=wanted), cluster)
+    drift = cluster_drift(rayservice(config=wanted), cluster)
     assert isinstance(drift, NotApplied) and "tolerations" in drift.reason
 
 
 def test_a_suspend_change_is_not_carried_to_a_running_cluster_by_v1_7() -> None:
     """v1.7.0 rayClusterSpecForHashing drops Suspend and modifyRayCluster keeps the cluster's."""
     config = cluster_config() | {"suspend": True}
-    drift = ro.cluster_drift(rayservice(config=config), raycluster(cluster_config()))
+    drift = cluster_drift(rayservice(config=config), raycluster(cluster_config()))
     assert isinstance(drift, NotApplied) and "spec.suspend" in drift.reason
 
 
@@ -717,9 +755,8 @@ def test_a_rollout_kuberay_does_not_apply_exits_3_without_rolling_back() -> None
     kube = ScriptedKube([rayservice(generation=3, observed=2), obj],
                         clusters={"finserve-abcde": live})
     helm = FakeHelm()
-    rollout, out = make_rollout(helm, kube, FakeClock())
-    assert rollout.start("charts/finserve",
-                         set_values=["cpuWorker.maxReplicas=6"]) == ro.EXIT_NOT_APPLIED
+    rollout, out = make_rollout(helm, kube, FakeClock(), set_values=["cpuWorker.maxReplicas=6"])
+    assert rollout.start() == EXIT_NOT_APPLIED
     assert not helm.called("rollback")
     text = out.getvalue()
     assert "rolled out only in part" in text and "not applied to the live cluster" in text
@@ -743,10 +780,11 @@ def test_a_stale_running_status_does_not_pass_even_with_no_settle() -> None:
     ], events=[core_event("UpdatedServeApplications", "Updated serve applications to the "
                           "RayCluster banking/finserve-abcde", kind="Normal", uid="sub")])
     helm, clock = FakeHelm(revisions=3), FakeClock()
-    rollout, out = make_rollout(helm, kube, clock, poll_s=1.0, settle_s=0.0)
-    assert rollout.start("charts/finserve", model_versions=["fraud=2,1"]) == 0
+    rollout, out = make_rollout(helm, kube, clock, poll=1.0, settle=0.0,
+                                model_version=["fraud=2,1"])
+    assert rollout.start() == 0
     assert "finserve DEPLOYING" in out.getvalue()
-    assert clock.t >= 5 + ro.MIN_SETTLE_S  # held from the last RUNNING, not the stale one
+    assert clock.t >= 5 + MIN_SETTLE_S  # held from the last RUNNING, not the stale one
     (values,) = helm.upgrade_files
     models = {m["name"]: m for m in values["serve"]["app"]["models"]}
     assert models["fraud"]["versions"] == ["2", "1"]
@@ -755,9 +793,9 @@ def test_a_stale_running_status_does_not_pass_even_with_no_settle() -> None:
 
 
 def test_the_minimum_settle_covers_one_kuberay_reconcile_and_its_status_read() -> None:
-    assert ro.MIN_SETTLE_S > (ro.KUBERAY_REQUEUE_S + ro.PROXY_CHECK_TIMEOUT_S
-                              + ro.DASHBOARD_TIMEOUT_S)
-    result = CliRunner().invoke(ro.rollout_app, ["--settle", "0"])
+    assert MIN_SETTLE_S > (KUBERAY_REQUEUE_S + PROXY_CHECK_TIMEOUT_S
+                              + DASHBOARD_TIMEOUT_S)
+    result = CliRunner().invoke(cli.rollout_app, ["--settle", "0"])
     assert result.exit_code == 2 and "--settle" in result.output
 
 
@@ -768,8 +806,8 @@ def test_a_rollout_succeeds_when_kuberay_reports_it_done() -> None:
         rayservice(generation=3, observed=3),
     ])
     helm, clock = FakeHelm(), FakeClock()
-    rollout, out = make_rollout(helm, kube, clock)
-    assert rollout.start("charts/finserve", set_values=["serve.app.gateway.replicas=3"]) == 0
+    rollout, out = make_rollout(helm, kube, clock, set_values=["serve.app.gateway.replicas=3"])
+    assert rollout.start() == 0
     (upgrade,) = helm.called("upgrade")
     assert upgrade[1:3] == ("finserve", "charts/finserve")
     assert upgrade[4] == ("serve.app.gateway.replicas=3",)
@@ -792,8 +830,8 @@ def test_a_blue_green_switch_is_done_only_after_the_new_cluster_serves() -> None
         rayservice(generation=5, observed=5, active="finserve-new12"),
     ], pods=[pod("finserve-new12", waiting="ContainerCreating")])
     helm, clock = FakeHelm(), FakeClock()
-    rollout, out = make_rollout(helm, kube, clock)
-    assert rollout.start("charts/finserve", image_tag="0.2.0") == 0
+    rollout, out = make_rollout(helm, kube, clock, image_tag="0.2.0")
+    assert rollout.start() == 0
     assert helm.called("upgrade")[0][4] == ("image.tag=0.2.0",)
     text = out.getvalue()
     assert "new cluster finserve-new12 coming up (no apps); finserve-abcde still serving" in text
@@ -851,9 +889,9 @@ def test_an_unschedulable_head_fails_after_the_grace_an_unschedulable_worker_wai
 def test_a_first_install_looks_at_the_active_cluster_until_it_is_ready() -> None:
     obj = rayservice(generation=1, observed=1, ready="False", apps={})
     bad = pod("finserve-abcde", waiting="ErrImagePull", message=PULL_FAILED)
-    assert ro.starting_cluster(obj) == "finserve-abcde"
+    assert starting_cluster(obj) == "finserve-abcde"
     assert isinstance(rollout_state(obj, pods=[bad]), Failed)
-    assert ro.starting_cluster(rayservice()) is None
+    assert starting_cluster(rayservice()) is None
 
 
 def test_a_new_image_that_cannot_be_pulled_rolls_back_without_waiting_for_the_deadline() -> None:
@@ -863,9 +901,9 @@ def test_a_new_image_that_cannot_be_pulled_rolls_back_without_waiting_for_the_de
     helm = FakeHelm(revisions=5, on_rollback=lambda: kube.play([
         rayservice(generation=7, observed=7)]))
     clock = FakeClock()
-    rollout, out = make_rollout(helm, kube, clock)
-    code = rollout.start("charts/finserve", image_tag="0.2.0", timeout_s=1200)
-    assert code == ro.EXIT_ROLLED_BACK
+    rollout, out = make_rollout(helm, kube, clock, image_tag="0.2.0", timeout=1200)
+    code = rollout.start()
+    assert code == EXIT_ROLLED_BACK
     assert "ImagePullBackOff" in out.getvalue() and "not rolled out after" not in out.getvalue()
     assert clock.t < 60
 
@@ -891,28 +929,28 @@ FORBIDDEN = ('rayservices.ray.io "finserve" is forbidden: User "system:serviceac
              'namespace "banking"')
 
 
-def down(exc: BaseException = REFUSED) -> ro.KubeApiError:
+def down(exc: BaseException = REFUSED) -> KubeApiError:
     """What KubeRayServiceWatcher raises for a client error (see the next two tests)."""
-    error = ro.classify_api_error(exc, "get rayservices banking/finserve")
+    error = classify_api_error(exc, "get rayservices banking/finserve")
     assert error is not None
     return error
 
 
 def test_api_errors_are_sorted_into_transient_and_not() -> None:
     what = "get rayservices banking/finserve"
-    assert isinstance(ro.classify_api_error(REFUSED, what), ro.ApiUnavailable)
+    assert isinstance(classify_api_error(REFUSED, what), ApiUnavailable)
     unavailable = api_status(503, "ServiceUnavailable",
                              "the server is currently unable to handle the request")
-    assert isinstance(ro.classify_api_error(unavailable, what), ro.ApiUnavailable)
+    assert isinstance(classify_api_error(unavailable, what), ApiUnavailable)
     timeout = urllib3.exceptions.ReadTimeoutError(None, "/apis", "Read timed out.")  # type: ignore[arg-type]
-    assert isinstance(ro.classify_api_error(timeout, what), ro.ApiUnavailable)
-    denied = ro.classify_api_error(api_status(403, "Forbidden", FORBIDDEN), what)
-    assert isinstance(denied, ro.ApiDenied) and "cannot get resource" in str(denied)
-    assert isinstance(ro.classify_api_error(api_status(401, "Unauthorized", "Unauthorized"),
-                                            what), ro.ApiDenied)
+    assert isinstance(classify_api_error(timeout, what), ApiUnavailable)
+    denied = classify_api_error(api_status(403, "Forbidden", FORBIDDEN), what)
+    assert isinstance(denied, ApiDenied) and "cannot get resource" in str(denied)
+    assert isinstance(classify_api_error(api_status(401, "Unauthorized", "Unauthorized"),
+                                            what), ApiDenied)
     tls = ApiException(status=0, reason="SSLError\n[SSL: CERTIFICATE_VERIFY_FAILED]")
-    assert isinstance(ro.classify_api_error(tls, what), ro.ApiDenied)
-    assert ro.classify_api_error(KeyError("bug"), what) is None
+    assert isinstance(classify_api_error(tls, what), ApiDenied)
+    assert classify_api_error(KeyError("bug"), what) is None
 
 
 def test_the_watcher_reads_json_and_turns_client_errors_into_api_errors() -> None:
@@ -925,7 +963,7 @@ def test_the_watcher_reads_json_and_turns_client_errors_into_api_errors() -> Non
 
     class Custom:
         def get_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> Any:
-            assert kwargs["_request_timeout"] == ro.REQUEST_TIMEOUT
+            assert kwargs["_request_timeout"] == REQUEST_TIMEOUT
             raise {"rayservices": REFUSED, "rayclusters": api_status(
                 404, "NotFound", 'rayclusters.ray.io "finserve-abcde" not found')}[args[3]]
 
@@ -934,10 +972,10 @@ def test_the_watcher_reads_json_and_turns_client_errors_into_api_errors() -> Non
             assert kwargs["_preload_content"] is False
             return Answer()
 
-    watcher = ro.KubeRayServiceWatcher.__new__(ro.KubeRayServiceWatcher)
+    watcher = KubeRayServiceWatcher.__new__(KubeRayServiceWatcher)
     watcher.name, watcher.namespace, watcher._date = "finserve", NS, None
     watcher._custom, watcher._core = Custom(), Core()
-    with pytest.raises(ro.ApiUnavailable, match="Connection refused"):
+    with pytest.raises(ApiUnavailable, match="Connection refused"):
         watcher.get()
     assert watcher.raycluster("finserve-abcde") is None
     assert watcher.events()[0]["reason"] == "UpdatedServeApplications"
@@ -951,7 +989,7 @@ def test_an_api_outage_mid_rollout_is_retried_with_backoff() -> None:
                          rayservice(generation=3, observed=3)])
     clock = FakeClock()
     rollout, out = make_rollout(FakeHelm(), kube, clock)
-    assert rollout.start("charts/finserve") == 0
+    assert rollout.start() == 0
     text = out.getvalue()
     assert "Kubernetes API unreachable (get rayservices banking/finserve: Failed to establish " \
         "a new connection: [Errno 111] Connection refused)" in text
@@ -962,24 +1000,24 @@ def test_an_api_outage_mid_rollout_is_retried_with_backoff() -> None:
 def test_an_api_that_stays_down_ends_with_exit_4_and_no_rollback() -> None:
     kube = ScriptedKube([rayservice(generation=3, observed=2), down()])
     helm, clock = FakeHelm(), FakeClock()
-    rollout, out = make_rollout(helm, kube, clock)
-    assert rollout.start("charts/finserve", timeout_s=120) == ro.EXIT_UNOBSERVABLE
+    rollout, out = make_rollout(helm, kube, clock, timeout=120)
+    assert rollout.start() == EXIT_UNOBSERVABLE
     assert not helm.called("rollback")
     text = out.getvalue()
     assert "still unreachable at the deadline (120s)" in text
     assert "finserve rollout status -r finserve" in text
-    assert 120 <= clock.t <= 120 + ro.MAX_BACKOFF_S and max(clock.sleeps) <= ro.MAX_BACKOFF_S
+    assert 120 <= clock.t <= 120 + MAX_BACKOFF_S and max(clock.sleeps) <= MAX_BACKOFF_S
 
 
 def test_access_refused_or_a_missing_rayservice_mid_rollout_is_said_at_once() -> None:
     kube = ScriptedKube([rayservice(generation=3, observed=2),
                          down(api_status(403, "Forbidden", FORBIDDEN))])
     rollout, out = make_rollout(FakeHelm(), kube, FakeClock())
-    assert rollout.start("charts/finserve") == ro.EXIT_UNOBSERVABLE
+    assert rollout.start() == EXIT_UNOBSERVABLE
     assert "cannot get resource" in out.getvalue()
     kube = ScriptedKube([rayservice(generation=3, observed=2), None])
     rollout, out = make_rollout(FakeHelm(), kube, FakeClock())
-    assert rollout.start("charts/finserve") == ro.EXIT_UNOBSERVABLE
+    assert rollout.start() == EXIT_UNOBSERVABLE
     assert "RayService finserve not found" in out.getvalue()
 
 
@@ -989,9 +1027,9 @@ def test_helm_reads_are_retried_while_the_api_server_restarts() -> None:
     helm.history_errors = ['Error: kubernetes cluster unreachable: Get "https://127.0.0.1:6443/'
                            'version": dial tcp 127.0.0.1:6443: connect: connection refused'] * 2
     rollout, out = make_rollout(helm, kube, FakeClock())
-    assert rollout.start("charts/finserve") == 0
+    assert rollout.start() == 0
     assert "helm history: Kubernetes API unreachable" in out.getvalue()
-    assert ro.HelmError("Error: UPGRADE FAILED: values don't meet the schema").transient is False
+    assert HelmError("Error: UPGRADE FAILED: values don't meet the schema").transient is False
 
 
 # --------------------------------------------------------------------------- rollbacks
@@ -1008,9 +1046,9 @@ def test_a_failed_upgrade_rolls_back_to_the_previous_revision_and_exits_non_zero
         rayservice(generation=4, observed=4, apps={"finserve": "DEPLOYING"}),
         rayservice(generation=4, observed=4),
     ]))
-    rollout, out = make_rollout(helm, kube, FakeClock())
-    code = rollout.start("charts/finserve", model_versions=["fraud=9"])
-    assert code == ro.EXIT_ROLLED_BACK != 0
+    rollout, out = make_rollout(helm, kube, FakeClock(), model_version=["fraud=9"])
+    code = rollout.start()
+    assert code == EXIT_ROLLED_BACK != 0
     assert helm.called("rollback") == [("rollback", "finserve", 2)]
     text = out.getvalue()
     assert "rollout failed: application finserve is DEPLOY_FAILED" in text
@@ -1025,9 +1063,9 @@ def test_a_stuck_upgrade_hits_the_deadline_and_rolls_back() -> None:
         rayservice(generation=7, observed=7),
     ]))
     clock = FakeClock()
-    rollout, out = make_rollout(helm, kube, clock)
-    code = rollout.start("charts/finserve", image_tag="broken", timeout_s=60)
-    assert code == ro.EXIT_ROLLED_BACK
+    rollout, out = make_rollout(helm, kube, clock, image_tag="broken", timeout=60)
+    code = rollout.start()
+    assert code == EXIT_ROLLED_BACK
     assert helm.called("rollback") == [("rollback", "finserve", 5)]
     assert "not rolled out after 60s: new cluster finserve-new12 coming up" in out.getvalue()
     assert 60 <= clock.t <= 60 + 5 + 10 + 5  # the deadline, then the rollback settling
@@ -1037,7 +1075,7 @@ def test_a_stuck_upgrade_hits_the_deadline_and_rolls_back() -> None:
 def test_a_rejected_helm_upgrade_changes_nothing_and_is_not_rolled_back() -> None:
     helm = FakeHelm(upgrade_error="values don't meet the specifications of the schema")
     rollout, out = make_rollout(helm, ScriptedKube([rayservice()]), FakeClock())
-    assert rollout.start("charts/finserve") == ro.EXIT_NOT_ROLLED_BACK
+    assert rollout.start() == EXIT_NOT_ROLLED_BACK
     assert not helm.called("rollback")
     assert "helm upgrade failed: values don't meet" in out.getvalue()
 
@@ -1048,7 +1086,7 @@ def test_a_first_install_that_fails_has_nothing_to_roll_back_to() -> None:
                         before=None)
     helm = FakeHelm(revisions=0)
     rollout, out = make_rollout(helm, kube, FakeClock())
-    assert rollout.start("charts/finserve") == ro.EXIT_NOT_ROLLED_BACK
+    assert rollout.start() == EXIT_NOT_ROLLED_BACK
     assert "no earlier revision to roll back to" in out.getvalue()
     assert not helm.called("rollback")
 
@@ -1059,8 +1097,8 @@ def test_undo_rolls_back_to_the_previous_good_revision_and_waits() -> None:
     helm = FakeHelm(revisions=4)
     helm.history_rows[3]["status"] = "failed"  # revision 4 never deployed
     helm.history_rows[2]["status"] = "deployed"
-    rollout, out = make_rollout(helm, kube, FakeClock())
-    assert rollout.undo(timeout_s=120) == 0
+    rollout, out = make_rollout(helm, kube, FakeClock(), timeout=120)
+    assert rollout.undo() == 0
     assert helm.called("rollback") == [("rollback", "finserve", 2)]
     assert "rolled back to revision 2" in out.getvalue()
 
@@ -1068,11 +1106,23 @@ def test_undo_rolls_back_to_the_previous_good_revision_and_waits() -> None:
 def test_a_model_version_for_an_unknown_model_is_refused() -> None:
     values = yaml.safe_load(CHART_VALUES.read_text())
     with pytest.raises(typer.BadParameter) as refused:
-        ro.model_version_values(values, ["loans=2"])
+        model_version_values(values, ["loans=2"])
     assert "no model 'loans' in the release" in str(refused.value)
     assert "fraud" in str(refused.value)
     with pytest.raises(typer.BadParameter, match="MODEL=VERSION"):
-        ro.model_version_values(values, ["fraud"])
+        model_version_values(values, ["fraud"])
+
+
+def test_a_traffic_split_is_held_to_the_cores_routing_rule() -> None:
+    """--traffic weights are checked by serving.config.ModelRouting, the gateway's own rule."""
+    values = yaml.safe_load(CHART_VALUES.read_text())
+    with pytest.raises(typer.BadParameter, match="add up to 100") as refused:
+        model_version_values(values, [], ["fraud=1:90,2:20"])
+    assert "'fraud=1:90,2:20'" in str(refused.value) and "110" in str(refused.value)
+    with pytest.raises(typer.BadParameter, match="whole numbers >= 0"):
+        model_version_values(values, [], ["fraud=1:110,2:-10"])
+    split = model_version_values(values, [], ["fraud=1:90,2:10"])["serve"]["app"]["models"]
+    assert next(m for m in split if m["name"] == "fraud")["traffic"] == {"1": 90, "2": 10}
 
 
 # --------------------------------------------------------------------------- helm, CLI
@@ -1089,7 +1139,7 @@ def test_helm_runner_builds_the_commands_a_rollout_needs() -> None:
             cmd[1] == "history") else ""
         return subprocess.CompletedProcess(cmd, 0, out, "")
 
-    helm = ro.Helm("helm", namespace="banking", kube_context="prod", run=run)
+    helm = Helm("helm", namespace="banking", kube_context="prod", run=run)
     helm.upgrade("finserve", "charts/finserve", ["a.yaml"], ["image.tag=2"])
     assert argv[-1] == ["helm", "upgrade", "--install", "finserve", "charts/finserve",
                         "--reset-then-reuse-values", "--force-conflicts", "--values", "a.yaml",
@@ -1103,22 +1153,22 @@ def test_helm_runner_builds_the_commands_a_rollout_needs() -> None:
 def test_status_command_exit_codes(monkeypatch: pytest.MonkeyPatch) -> None:
     objects: dict[str, Any] = {"finserve": rayservice()}
     clusters = {"finserve-abcde": raycluster(cluster_config())}
-    monkeypatch.setattr(ro, "make_helm", lambda *a: FakeHelm())
-    monkeypatch.setattr(ro, "make_watcher", lambda name, *a: ScriptedKube(
+    monkeypatch.setattr(cli, "make_helm", lambda *a: FakeHelm())
+    monkeypatch.setattr(cli, "make_watcher", lambda name, *a: ScriptedKube(
         [objects[name]], before=objects[name], clusters=clusters))
     runner = CliRunner()
-    done = runner.invoke(ro.rollout_app, ["status", "-n", "banking"])
+    done = runner.invoke(cli.rollout_app, ["status", "-n", "banking"])
     assert done.exit_code == 0 and "rolled out" in done.output
     objects["finserve"] = rayservice(upgrading="True", pending="finserve-new12")
-    moving = runner.invoke(ro.rollout_app, ["status"])
+    moving = runner.invoke(cli.rollout_app, ["status"])
     assert moving.exit_code == 1 and "rolling out" in moving.output
     assert "finserve-new12" in moving.output
     objects["finserve"] = rayservice(config=cluster_config(max_replicas=8))
-    partial = runner.invoke(ro.rollout_app, ["status"])
-    assert partial.exit_code == ro.EXIT_NOT_APPLIED and "not applied" in partial.output
+    partial = runner.invoke(cli.rollout_app, ["status"])
+    assert partial.exit_code == EXIT_NOT_APPLIED and "not applied" in partial.output
     objects["finserve"] = None
-    missing = runner.invoke(ro.rollout_app, ["status"])
-    assert missing.exit_code == ro.EXIT_UNOBSERVABLE and "not found" in missing.output
+    missing = runner.invoke(cli.rollout_app, ["status"])
+    assert missing.exit_code == EXIT_UNOBSERVABLE and "not found" in missing.output
 
 
 def test_rollout_command_without_a_subcommand_starts_and_fails_non_zero(
@@ -1127,12 +1177,12 @@ def test_rollout_command_without_a_subcommand_starts_and_fails_non_zero(
     kube = ScriptedKube([rayservice(generation=3, observed=3, apps={"finserve": "UNHEALTHY"})])
     helm = FakeHelm(kube=kube,
                     on_rollback=lambda: kube.play([rayservice(generation=4, observed=4)]))
-    monkeypatch.setattr(ro, "make_helm", lambda *a: helm)
-    monkeypatch.setattr(ro, "make_watcher", lambda *a: kube)
-    monkeypatch.setattr(ro, "SystemClock", FakeClock)
-    result = CliRunner().invoke(ro.rollout_app, ["--image-tag", "0.3.0", "--poll", "0.1",
+    monkeypatch.setattr(cli, "make_helm", lambda *a: helm)
+    monkeypatch.setattr(cli, "make_watcher", lambda *a: kube)
+    monkeypatch.setattr(cli, "SystemClock", FakeClock)
+    result = CliRunner().invoke(cli.rollout_app, ["--image-tag", "0.3.0", "--poll", "0.1",
                                                  "--settle", "7", "--timeout", "5"])
-    assert result.exit_code == ro.EXIT_ROLLED_BACK, result.output
+    assert result.exit_code == EXIT_ROLLED_BACK, result.output
     assert helm.called("upgrade")[0][4] == ("image.tag=0.3.0",)
     assert helm.called("rollback") == [("rollback", "finserve", 2)]
 
@@ -1142,19 +1192,19 @@ def test_cli_errors_end_with_their_message_and_exit_code(
 ) -> None:
     class NoRelease(FakeHelm):
         def rayservice_name(self, release: str) -> str:
-            raise ro.HelmError("Error: release: not found")
+            raise HelmError("Error: release: not found")
 
-    monkeypatch.setattr(ro, "make_helm", lambda *a: NoRelease())
-    result = CliRunner().invoke(ro.rollout_app, ["status", "--release", "nope"])
-    assert result.exit_code == ro.EXIT_NOT_ROLLED_BACK
+    monkeypatch.setattr(cli, "make_helm", lambda *a: NoRelease())
+    result = CliRunner().invoke(cli.rollout_app, ["status", "--release", "nope"])
+    assert result.exit_code == EXIT_NOT_ROLLED_BACK
     assert "release: not found" in result.output
 
     def no_kubeconfig(*_: Any) -> Any:
-        raise ro.KubeAccessError("cannot reach Kubernetes: Invalid kube-config file. "
+        raise KubeAccessError("cannot reach Kubernetes: Invalid kube-config file. "
                                  "Set KUBECONFIG or --kube-context")
 
-    monkeypatch.setattr(ro, "make_helm", lambda *a: FakeHelm())
-    monkeypatch.setattr(ro, "make_watcher", no_kubeconfig)
-    result = CliRunner().invoke(ro.rollout_app, ["status"])
-    assert result.exit_code == ro.EXIT_UNOBSERVABLE and "KUBECONFIG" in result.output
-    assert "Exit codes: 0 rolled out" in CliRunner().invoke(ro.rollout_app, ["--help"]).output
+    monkeypatch.setattr(cli, "make_helm", lambda *a: FakeHelm())
+    monkeypatch.setattr(cli, "make_watcher", no_kubeconfig)
+    result = CliRunner().invoke(cli.rollout_app, ["status"])
+    assert result.exit_code == EXIT_UNOBSERVABLE and "KUBECONFIG" in result.output
+    assert "Exit codes: 0 rolled out" in CliRunner().invoke(cli.rollout_app, ["--help"]).output

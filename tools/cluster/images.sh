@@ -91,7 +91,7 @@ build_base() {
 # the Dockerfile), so that a changed package is rebuilt and an unchanged one is not
 source_digest() {
   (cd "$REPO_ROOT" && git ls-files -co --exclude-standard -- Dockerfile .dockerignore \
-     pyproject.toml README.md serving deployments | LC_ALL=C sort | xargs sha256sum) \
+     pyproject.toml README.md serving deployments rollout | LC_ALL=C sort | xargs sha256sum) \
     | sha256sum | cut -c1-16
 }
 
