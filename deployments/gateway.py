@@ -66,6 +66,7 @@ from serving.runtime import Batch, TaskSteps, settle_heap
 from serving.security import ApiKey, KeyFile, KeyRing, RateLimiter
 from serving.store import ModelStore
 from serving.tasks import Step, Task, get_task
+from serving.traffic import agrees as shadow_agrees
 from serving.traffic import choose_version
 
 log = logging.getLogger("finserve.gateway")
@@ -342,7 +343,8 @@ class Gateway:
                 latency_ms=(time.perf_counter() - started) * 1000,
             )
             response.headers[DECISION_HEADER] = decision_id(record)
-        self.metrics.outcomes(served.name, version, outputs)
+        self.metrics.outcomes(served.name, version, outputs,
+                              served.task.outputs_with("decision"))
         if served.shadow and served.shadow != version:
             task = asyncio.create_task(
                 self._shadow(served, version, raw, parameters, outputs, rid)
@@ -362,9 +364,7 @@ class Gateway:
         except Exception:
             log.warning("shadow %s v%s failed for request %s", served.name, challenger, rid)
             return
-        agrees = all(
-            np.array_equal(live[n], outputs[n]) for n in ("decision", "label") if n in live
-        )
+        agrees = shadow_agrees(served.task.outputs_with("decision"), live, outputs)
         self.metrics.shadow.inc(tags={"model": served.name, "challenger": challenger,
                                       "agrees": str(agrees).lower()})
         if self.recorder is not None:

@@ -36,11 +36,6 @@ def data_digest(data: Dataset) -> str:
     return h.hexdigest()
 
 
-def stored_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Preprocessing parameters without runtime caches (keys starting with '_')."""
-    return {k: v for k, v in params.items() if not k.startswith("_")}
-
-
 def export_saved_model(task: Task, model: Any, params: dict[str, Any], path: Path) -> None:
     """Write ``model`` as a SavedModel whose ``serving_default`` maps ``inputs`` to the
     task's named outputs (``scores`` and any others)."""
@@ -130,7 +125,7 @@ def train(
             # (preprocessing_sha256) are computed by the store as it publishes
             artifact_sha256="",
             metrics=evaluation.as_dict(),
-            preprocessing=stored_params(params),
+            preprocessing=task.stored_params(params),
             training={"epochs": epochs, "seed": seed, "batch_size": task.batch_size},
             framework={
                 "tensorflow": tf.__version__,

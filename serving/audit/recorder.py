@@ -121,7 +121,8 @@ class Recorder:
 
         record = {
             "kind": "shadow", "request_id": request_id, "time": utc_now(),
-            "model": served.name, "champion": champion, "challenger": challenger,
+            "model": served.name, "task": served.task.name, "champion": champion,
+            "challenger": challenger,
             "inputs": self.inputs(served.task, raw),
             "champion_outputs": rows(live, recorded),
             "challenger_outputs": rows(shadow, recorded),

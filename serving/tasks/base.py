@@ -9,6 +9,7 @@ Keras model that training fits and exports, and turns scores into decisions
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from serving.errors import InvalidInput
-from serving.protocol.codec import TensorSpec
+from serving.protocol.codec import OutputRole, TensorSpec
 from serving.tasks._domain import record_domain
 
 
@@ -100,6 +101,9 @@ class Task(abc.ABC):
     #: outputs that follow from other outputs (reason statements from reason codes); the
     #: decision trail records only their source
     derived_outputs: ClassVar[tuple[str, ...]] = ()
+    #: keys of the preprocessing parameters that serving builds from the stored ones and
+    #: keeps on them (lookup indexes, ``cached``); never stored with a version
+    runtime_caches: ClassVar[tuple[str, ...]] = ()
 
     # --- data -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -193,6 +197,25 @@ class Task(abc.ABC):
         return None
 
     # --- helpers shared by tasks ------------------------------------------------------
+    @classmethod
+    def outputs_with(cls, role: OutputRole) -> tuple[str, ...]:
+        """The names of the outputs that declare ``role``, in ``output_specs`` order."""
+        return tuple(spec.name for spec in cls.output_specs if spec.role == role)
+
+    def cached(self, params: dict[str, Any], key: str, build: Callable[[], Any]) -> Any:
+        """``params[key]``, built once per parameters object; ``key`` must be one of the
+        task's declared ``runtime_caches``."""
+        if key not in self.runtime_caches:
+            raise KeyError(f"task '{self.name}' declares no runtime cache '{key}'")
+        value = params.get(key)
+        if value is None:
+            value = params[key] = build()
+        return value
+
+    def stored_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Preprocessing parameters as a version stores them: without ``runtime_caches``."""
+        return {k: v for k, v in params.items() if k not in self.runtime_caches}
+
     def parameters(self, given: dict[str, Any] | None) -> dict[str, Any]:
         """Validate per-request parameters against ``Parameters``; defaults filled in."""
         if self.Parameters is None:

@@ -134,11 +134,12 @@ class CreditTask(Task):
         "columns: " + ", ".join(FEATURES) + " (home_ownership and purpose as category index)",
     )
     output_specs = (
-        TensorSpec("default_probability", "FP32", (-1,), "probability of default"),
-        TensorSpec("grade", "BYTES", (-1,), "risk grade A (best) to E"),
-        TensorSpec("decision", "BYTES", (-1,), "approve, review or decline"),
-        TensorSpec("reason_codes", "BYTES", (-1, MAX_REASONS), "ranked; '' pads"),
-        TensorSpec("reasons", "BYTES", (-1, MAX_REASONS), "statements of the reason codes"),
+        TensorSpec("default_probability", "FP32", (-1,), "probability of default", role="score"),
+        TensorSpec("grade", "BYTES", (-1,), "risk grade A (best) to E", role="label"),
+        TensorSpec("decision", "BYTES", (-1,), "approve, review or decline", role="decision"),
+        TensorSpec("reason_codes", "BYTES", (-1, MAX_REASONS), "ranked; '' pads", role="reason"),
+        TensorSpec("reasons", "BYTES", (-1, MAX_REASONS), "statements of the reason codes",
+                   role="reason"),
     )
     derived_outputs = ("reasons",)  # REASONS[code]: recorded once, as the codes
     default_epochs = 10

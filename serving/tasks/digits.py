@@ -245,9 +245,10 @@ class DigitsTask(Task):
         "image", "FP32", (-1, SIZE, SIZE), "8x8 digit images, 0 (paper) to 16 (ink)"
     )
     output_specs = (
-        TensorSpec("digit", "INT64", (-1,), "the digit read, 0-9"),
-        TensorSpec("confidence", "FP32", (-1,), "probability of that digit"),
-        TensorSpec("probabilities", "FP32", (-1, CLASSES), "probability of 0, 1, ..., 9"),
+        TensorSpec("digit", "INT64", (-1,), "the digit read, 0-9", role="decision"),
+        TensorSpec("confidence", "FP32", (-1,), "probability of that digit", role="score"),
+        TensorSpec("probabilities", "FP32", (-1, CLASSES), "probability of 0, 1, ..., 9",
+                   role="score"),
     )
     default_epochs = 15
     batch_size = 32

@@ -154,9 +154,12 @@ class ForecastTask(Task):
         "prices", "FP32", (-1, WINDOW), f"the last {WINDOW} daily prices, oldest first, > 0"
     )
     output_specs = (
-        TensorSpec("forecast", "FP32", (-1, -1), "median price for days 1..horizon"),
-        TensorSpec("lower", "FP32", (-1, -1), "10 % quantile price for days 1..horizon"),
-        TensorSpec("upper", "FP32", (-1, -1), "90 % quantile price for days 1..horizon"),
+        TensorSpec("forecast", "FP32", (-1, -1), "median price for days 1..horizon",
+                   role="estimate"),
+        TensorSpec("lower", "FP32", (-1, -1), "10 % quantile price for days 1..horizon",
+                   role="bound"),
+        TensorSpec("upper", "FP32", (-1, -1), "90 % quantile price for days 1..horizon",
+                   role="bound"),
     )
     default_epochs = 15
     batch_size = 128

@@ -114,10 +114,13 @@ class FraudTask(Task):
         "features", "FP32", (-1, len(FEATURES)), "columns: " + ", ".join(FEATURES)
     )
     output_specs = (
-        TensorSpec("fraud_probability", "FP32", (-1,), "probability the transaction is fraud"),
-        TensorSpec("decision", "BYTES", (-1,), "approve, review or block"),
-        TensorSpec("reason_codes", "BYTES", (-1, MAX_REASONS), "for review and block; '' pads"),
-        TensorSpec("reasons", "BYTES", (-1, MAX_REASONS), "statements of the reason codes"),
+        TensorSpec("fraud_probability", "FP32", (-1,), "probability the transaction is fraud",
+                   role="score"),
+        TensorSpec("decision", "BYTES", (-1,), "approve, review or block", role="decision"),
+        TensorSpec("reason_codes", "BYTES", (-1, MAX_REASONS), "for review and block; '' pads",
+                   role="reason"),
+        TensorSpec("reasons", "BYTES", (-1, MAX_REASONS), "statements of the reason codes",
+                   role="reason"),
     )
     derived_outputs = ("reasons",)  # REASONS[code]: recorded once, as the codes
     default_epochs = 8

@@ -31,6 +31,31 @@ def test_preprocessing_is_fit_on_train_and_shapes_the_model_input(name):
     assert np.isfinite(x.astype(np.float64)).all()
 
 
+@pytest.mark.parametrize("name", ["credit", "digits", "forecast", "fraud", "recommend",
+                                  "sentiment"])
+def test_every_output_declares_its_role(name):
+    task = get_task(name)
+    assert all(spec.role for spec in task.output_specs)
+    assert len(task.outputs_with("decision")) <= 1
+
+
+def test_decisions_are_found_by_role_not_by_name():
+    assert get_task("fraud").outputs_with("decision") == ("decision",)
+    assert get_task("sentiment").outputs_with("decision") == ("label",)
+    assert get_task("digits").outputs_with("decision") == ("digit",)
+    assert get_task("forecast").outputs_with("decision") == ()
+
+
+def test_runtime_caches_are_declared_built_once_and_never_stored():
+    task = get_task("sentiment")
+    params = {"vocabulary": ["a"]}
+    built = task.cached(params, "_index", lambda: {"a": 2})
+    assert task.cached(params, "_index", lambda: {}) is built
+    assert task.stored_params(params) == {"vocabulary": ["a"]}
+    with pytest.raises(KeyError, match="no runtime cache"):
+        task.cached(params, "_other", dict)
+
+
 def test_unknown_task_lists_the_known_ones():
     with pytest.raises(KeyError, match="known tasks"):
         get_task("nope")
