@@ -337,7 +337,8 @@ class Gateway:
         rid = request_id(request)
         if self.recorder is not None:
             record = await self.recorder.decision(
-                request_id=rid, key=key, served=served, version=version, route=route,
+                request_id=rid, key=key, model=served.name, task=served.task, version=version,
+                route=route,
                 artifact_sha256=await self.loaded_digest(served, version),
                 raw=raw, parameters=parameters, outputs=outputs,
                 latency_ms=(time.perf_counter() - started) * 1000,
@@ -368,8 +369,8 @@ class Gateway:
         self.metrics.shadow.inc(tags={"model": served.name, "challenger": challenger,
                                       "agrees": str(agrees).lower()})
         if self.recorder is not None:
-            await self.recorder.shadow(rid, served, live_version, challenger, raw, live,
-                                       outputs)
+            await self.recorder.shadow(rid, served.name, served.task, live_version, challenger,
+                                       raw, live, outputs)
 
     async def loaded_digest(self, served: Served, version: str) -> str:
         """The digest of the SavedModel that answers ``version`` as its Model stage verified

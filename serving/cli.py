@@ -22,13 +22,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from serving.config import AppArgs
 from serving.rollout import rollout_app
+from serving.settings import Environment
 from serving.store import ModelStore
 from serving.tasks import TASKS
 
 app = typer.Typer(help="FinServe: train, version and serve finance models.", no_args_is_help=True)
 console = Console()
-DEFAULT_STORE = os.environ.get("FINSERVE_STORE", "model_store")
+DEFAULT_STORE = Environment.read().default_store
 DEFAULT_CONFIG = "deployments/serve.yaml"
 
 StoreOpt = Annotated[str, typer.Option("--store", help="Model store root (path or fsspec URI).")]
@@ -230,13 +232,19 @@ def compare_cmd(model: Annotated[str, typer.Argument(help="Model name.")],
     console.print_json(data=report)
 
 
-def train_missing(config_path: str) -> None:
-    """Train every configured model that has no version in the store yet."""
-    from deployments.app import resolve_store_uri
+def served_config(config_path: str) -> tuple[dict[str, Any], AppArgs]:
+    """A Serve config file and its first application's args as served: the environment
+    applied as ``deployments.app`` applies it (``serving.settings``)."""
     from serving.config import load_serve_config
 
-    _, args = load_serve_config(config_path)
-    store = ModelStore(resolve_store_uri(args.store_uri))
+    raw_config, args = load_serve_config(config_path)
+    return raw_config, Environment.read().apply(args)
+
+
+def train_missing(config_path: str) -> None:
+    """Train every configured model that has no version in the store yet."""
+    _, args = served_config(config_path)
+    store = ModelStore(args.store_uri)
     for m in args.models:
         if not store.versions(m.name):
             console.print(f"[yellow]{m.name}[/]: no version in {store.root}; training one")
@@ -266,7 +274,6 @@ def serve_cmd(
 ) -> None:
     """Start an embedded local Ray and serve every model in the Serve config."""
     from deployments.deploy import IngressTimeouts, stop_leftover_haproxy
-    from serving.config import load_serve_config
 
     started = time.perf_counter()
     # before anything imports Ray: its processes inherit the environment, and Ray reads the
@@ -274,7 +281,7 @@ def serve_cmd(
     haproxy_dir = _serve_environment(proxy, metrics_host)
     if train:
         train_missing(config)
-    raw_config, args = load_serve_config(config)
+    raw_config, args = served_config(config)
     http = raw_config.get("http_options") or {}
     host = host or http.get("host", "127.0.0.1")
     port = port or int(http.get("port", 8000))
@@ -351,7 +358,7 @@ def _serve_environment(proxy: Proxy, metrics_host: str) -> str | None:
 def _print_ready(host: str, port: int, seconds: float, require_auth: bool) -> None:
     base = f"http://{host}:{port}"
     console.print(f"\n[bold green]FinServe is serving on {base}[/] (ready in {seconds:.1f}s)")
-    if not require_auth and not os.environ.get("FINSERVE_REQUIRE_AUTH"):
+    if not require_auth:
         console.print("  [yellow]open mode: no API key is required[/] (security.require_auth "
                       "in the Serve config, or FINSERVE_REQUIRE_AUTH=true, turns keys on)")
     console.print(f"  API docs:   {base}/docs")
