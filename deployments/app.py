@@ -40,7 +40,7 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
         if m.placement != "gateway":  # otherwise the gateway replica runs the Model stage
             handles[m.name]["model"] = Model.options(
                 **m.model.deployment_options(f"{m.name}-model")
-            ).bind(**init, settings=m.model.runner_settings())
+            ).bind(**init, settings=m.model)
         if m.placement == "stage-replicas":  # otherwise the gateway runs the steps
             handles[m.name]["preprocess"] = Preprocess.options(
                 **m.preprocess.deployment_options(f"{m.name}-preprocess")

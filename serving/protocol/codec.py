@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from serving.errors import BadRequest, InvalidInput
+from serving.errors import BadRequest, InvalidInput, PayloadTooLarge
 
 #: Open Inference Protocol datatypes and their numpy dtypes.
 V2_DTYPES: dict[str, np.dtype | type] = {
@@ -75,6 +75,12 @@ class TensorSpec:
         if array.shape[0] == 0:
             raise InvalidInput(f"input '{self.name}' is an empty batch")
         return array
+
+
+def check_count(count: int, max_instances: int) -> None:
+    """413 for a batch over the limit; every route counts before it decodes anything."""
+    if count > max_instances:
+        raise PayloadTooLarge(f"{count} instances in one request; the limit is {max_instances}")
 
 
 def v2_datatype(array: np.ndarray) -> str:

@@ -38,13 +38,17 @@ class Dataset:
 
 
 @dataclass
-class Step:
+class PostprocessContext:
     """What postprocessing knows besides the model outputs."""
 
-    params: dict[str, Any]
+    #: the version's preprocessing parameters (``fit_preprocessing``, stored with it)
+    fit_params: dict[str, Any]
+    #: the model's postprocessing options (``default_options`` and the Serve config's)
     options: dict[str, Any] = field(default_factory=dict)
-    parameters: dict[str, Any] = field(default_factory=dict)
-    context: dict[str, np.ndarray] = field(default_factory=dict)
+    #: this request's validated parameters (``Parameters``)
+    request_params: dict[str, Any] = field(default_factory=dict)
+    #: per-example values Preprocess handed past the model (``Task.context``)
+    preprocess_context: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -183,7 +187,8 @@ class Task(abc.ABC):
 
     # --- postprocessing and evaluation -------------------------------------------------
     @abc.abstractmethod
-    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
+    def postprocess(self, outputs: dict[str, np.ndarray],
+                    ctx: PostprocessContext) -> dict[str, np.ndarray]:
         """Model outputs (``scores`` and any others) to named answers, one entry per example."""
 
     @abc.abstractmethod
@@ -191,7 +196,8 @@ class Task(abc.ABC):
                  params: dict[str, Any]) -> Evaluation:
         """Held-out metric of the exported model against a trivial baseline."""
 
-    def summarize(self, answers: dict[str, np.ndarray], step: Step) -> dict[str, Any] | None:
+    def summarize(self, answers: dict[str, np.ndarray],
+                  ctx: PostprocessContext) -> dict[str, Any] | None:
         """An answer about the whole request on the task route (a cheque's amount); none
         by default."""
         return None
@@ -216,8 +222,10 @@ class Task(abc.ABC):
         """Preprocessing parameters as a version stores them: without ``runtime_caches``."""
         return {k: v for k, v in params.items() if k not in self.runtime_caches}
 
-    def parameters(self, given: dict[str, Any] | None) -> dict[str, Any]:
-        """Validate per-request parameters against ``Parameters``; defaults filled in."""
+    def request_params(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        """Validate per-request parameters against ``Parameters``; defaults filled in. The
+        gateway calls it once per request (the task route's body model validates them as
+        it parses)."""
         if self.Parameters is None:
             if given:
                 raise InvalidInput(f"model task '{self.name}' takes no parameters")

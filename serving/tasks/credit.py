@@ -21,7 +21,7 @@ from serving.data import require_columns
 from serving.protocol.codec import TensorSpec
 from serving.tasks._explain import integrated_gradients, rank_reasons
 from serving.tasks._layers import binary_mlp
-from serving.tasks.base import Dataset, Evaluation, Step, Task
+from serving.tasks.base import Dataset, Evaluation, PostprocessContext, Task
 
 HOME = ("rent", "mortgage", "own")
 PURPOSE = ("debt_consolidation", "credit_card", "home_improvement", "car", "small_business",
@@ -213,9 +213,10 @@ class CreditTask(Task):
         return integrated_gradients(model, params["reference_input"])
 
     # --- postprocessing -------------------------------------------------------------------
-    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
+    def postprocess(self, outputs: dict[str, np.ndarray],
+                    ctx: PostprocessContext) -> dict[str, np.ndarray]:
         p = outputs["scores"].reshape(-1).astype(np.float32)
-        options = step.options
+        options = ctx.options
         decision = np.where(p < options["approve_below"], "approve",
                             np.where(p < options["decline_at"], "review", "decline"))
         grade = np.full(len(p), "E", dtype=object)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.data import require_columns
 from serving.errors import InvalidInput
 from serving.protocol.codec import TensorSpec
-from serving.tasks.base import Dataset, Evaluation, Step, Task
+from serving.tasks.base import Dataset, Evaluation, PostprocessContext, Task
 
 #: Prices in a window (the raw input's width).
 WINDOW = 30
@@ -275,10 +275,11 @@ class ForecastTask(Task):
         return model
 
     # --- postprocessing and evaluation -------------------------------------------------
-    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
-        horizon = int(step.parameters.get("horizon", DEFAULT_HORIZON))
-        last = np.asarray(step.context["last_price"], np.float64).reshape(-1, 1)
-        paths = self._price_quantiles(outputs["scores"], last, step.params)[:, :horizon]
+    def postprocess(self, outputs: dict[str, np.ndarray],
+                    ctx: PostprocessContext) -> dict[str, np.ndarray]:
+        horizon = int(ctx.request_params.get("horizon", DEFAULT_HORIZON))
+        last = np.asarray(ctx.preprocess_context["last_price"], np.float64).reshape(-1, 1)
+        paths = self._price_quantiles(outputs["scores"], last, ctx.fit_params)[:, :horizon]
         return {
             "forecast": paths[..., 1].astype(np.float32),
             "lower": paths[..., 0].astype(np.float32),

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.data import require_columns
 from serving.errors import InvalidInput
 from serving.protocol.codec import TensorSpec
-from serving.tasks.base import Dataset, Evaluation, Step, Task
+from serving.tasks.base import Dataset, Evaluation, PostprocessContext, Task
 
 #: The product catalog: (id, name). Served answers name products by id.
 CATALOG: tuple[tuple[str, str], ...] = (
@@ -256,11 +256,12 @@ class RecommendTask(Task):
         return model
 
     # --- postprocessing and evaluation -------------------------------------------------
-    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
-        params = step.params
-        k = int(step.parameters.get("k", TOP_K))
-        known = np.asarray(step.context["known"], bool).reshape(-1)
-        rows = np.asarray(step.context["customer"]).reshape(-1)
+    def postprocess(self, outputs: dict[str, np.ndarray],
+                    ctx: PostprocessContext) -> dict[str, np.ndarray]:
+        params = ctx.fit_params
+        k = int(ctx.request_params.get("k", TOP_K))
+        known = np.asarray(ctx.preprocess_context["known"], bool).reshape(-1)
+        rows = np.asarray(ctx.preprocess_context["customer"]).reshape(-1)
         scores, held = self._candidates(outputs["scores"], rows, known, params)
         top = np.argsort(np.where(held, 1.0, -scores), axis=1, kind="stable")[:, :k]
         ids = np.array(params["products"], dtype=str)[top]

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.data import require_columns
 from serving.errors import InvalidInput
 from serving.protocol.codec import TensorSpec
-from serving.tasks.base import Dataset, Evaluation, Step, Task
+from serving.tasks.base import Dataset, Evaluation, PostprocessContext, Task
 
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 PAD, OOV = 0, 1
@@ -182,9 +182,10 @@ class SentimentTask(Task):
         )
         return model
 
-    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
+    def postprocess(self, outputs: dict[str, np.ndarray],
+                    ctx: PostprocessContext) -> dict[str, np.ndarray]:
         probs = outputs["scores"].astype(np.float32)
-        labels = np.array(step.params["labels"], dtype=object)[probs.argmax(axis=1)]
+        labels = np.array(ctx.fit_params["labels"], dtype=object)[probs.argmax(axis=1)]
         return {"probabilities": probs, "label": labels}
 
     def evaluate(self, holdout: Dataset, outputs: dict[str, np.ndarray],

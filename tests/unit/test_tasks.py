@@ -3,7 +3,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving.errors import InvalidInput
-from serving.tasks import TASKS, Step, get_task
+from serving.tasks import TASKS, PostprocessContext, get_task
 from serving.tasks._domain import record_domain
 from serving.tasks.fraud import FEATURES, Transaction
 from serving.tasks.sentiment import LABELS, OOV, tokenize
@@ -102,7 +102,7 @@ def test_fraud_decisions_follow_the_configured_thresholds():
     task = get_task("fraud")
     options = task.options({"review_threshold": 0.3, "block_threshold": 0.7})
     out = task.postprocess({"scores": np.array([[0.1], [0.5], [0.9]], np.float32)},
-                           Step({}, options))
+                           PostprocessContext({}, options))
     assert out["decision"].tolist() == ["approve", "review", "block"]
     with pytest.raises(ValueError, match="unknown postprocess option"):
         task.options({"block": 1})
@@ -138,7 +138,7 @@ def test_sentiment_rejects_empty_and_overlong_text():
 def test_sentiment_labels_are_the_argmax():
     task = get_task("sentiment")
     out = task.postprocess({"scores": np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)},
-                           Step({"labels": list(LABELS)}))
+                           PostprocessContext({"labels": list(LABELS)}))
     assert out["label"].tolist() == ["negative", "positive"]
 
 
