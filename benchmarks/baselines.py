@@ -27,7 +27,7 @@ from fastapi import Body, FastAPI, HTTPException, Response
 
 from serving.config import load_serve_config
 from serving.store import SAVED_MODEL_DIR, ModelStore
-from serving.tasks import Step, Task, get_task
+from serving.tasks import PostprocessContext, Task, get_task
 from serving.training import load_signature
 
 Predict = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -59,7 +59,7 @@ class Served:
         dtype = object if tensor["datatype"] == "BYTES" else np.float32
         raw = self.task.check_raw(np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"]))
         outputs = self.predict(self.task.preprocess(raw, self.params))
-        return self.task.postprocess(outputs, Step(self.params, self.options))
+        return self.task.postprocess(outputs, PostprocessContext(self.params, self.options))
 
 
 def create_app(kind: str, config: str) -> FastAPI:

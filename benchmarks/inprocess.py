@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from serving.store import SAVED_MODEL_DIR, ModelStore
-from serving.tasks import Step, get_task
+from serving.tasks import PostprocessContext, get_task
 from serving.training import load_signature
 
 #: powers of two up to 8,192 examples per call: a signature with integrated gradients
@@ -47,7 +47,7 @@ def model_limit(store: ModelStore, model: str, task_name: str, raw: np.ndarray,
                       "p50_ms": float(np.median(times)) * 1e3})
     best = max(sweep, key=lambda r: r["instances_per_s"])
     one = raw[:1]
-    step = Step(params, task.options(options))
+    step = PostprocessContext(params, task.options(options))
     pre_call = _timed(lambda: call(task.preprocess(one, params)), seconds)
     full = _timed(lambda: task.postprocess(call(task.preprocess(one, params)), step), seconds)
     return {

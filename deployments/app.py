@@ -6,8 +6,6 @@ deployments.app:build_app``) that KubeRay's ``serveConfigV2`` carries.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
@@ -15,34 +13,20 @@ from ray.serve import Application
 from deployments.gateway import Gateway
 from deployments.stages import Model, Postprocess, Preprocess
 from serving.config import GATEWAY, AppArgs, Routing
+from serving.settings import Environment
 from serving.store import ModelStore
 
 
-def resolve_store_uri(uri: str) -> str:
-    """Absolute path or URI: relative paths are taken from ``FINSERVE_HOME`` or the cwd."""
-    if "://" in uri or os.path.isabs(uri):
-        return uri
-    return str(Path(os.environ.get("FINSERVE_HOME", os.getcwd()), uri).resolve())
-
-
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    return default if value is None else value.strip().lower() in ("1", "true", "yes", "on")
+def served_args(args: dict[str, Any] | AppArgs) -> AppArgs:
+    """The validated args as served: the environment applied (``serving.settings``)."""
+    args = AppArgs.model_validate(args) if isinstance(args, dict) else args
+    return Environment.read().apply(args)
 
 
 def build_app(args: dict[str, Any] | AppArgs) -> Application:
     """Bind the Serve application. A model missing from the store fails the deploy with a
     message now instead of failing requests later."""
-    args = AppArgs.model_validate(args) if isinstance(args, dict) else args
-    args = args.model_copy(deep=True, update={"store_uri": resolve_store_uri(args.store_uri)})
-    audit = args.audit
-    for name in ("location", "checkpoint_location", "keys_dir"):  # local paths, absolute
-        value = getattr(audit, name)
-        if value and value != "stdout" and not value.startswith("env:"):
-            setattr(audit, name, resolve_store_uri(value))
-    security = args.security
-    security.require_auth = _env_flag("FINSERVE_REQUIRE_AUTH", security.require_auth)
-    security.api_keys_file = os.environ.get("FINSERVE_API_KEYS_FILE", security.api_keys_file)
+    args = served_args(args)
     store = ModelStore(args.store_uri)
     handles: dict[str, dict[str, Any]] = {}
     for m in args.models:
@@ -56,7 +40,7 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
         if m.placement != "gateway":  # otherwise the gateway replica runs the Model stage
             handles[m.name]["model"] = Model.options(
                 **m.model.deployment_options(f"{m.name}-model")
-            ).bind(**init, settings=m.model.runner_settings())
+            ).bind(**init, settings=m.model)
         if m.placement == "stage-replicas":  # otherwise the gateway runs the steps
             handles[m.name]["preprocess"] = Preprocess.options(
                 **m.preprocess.deployment_options(f"{m.name}-preprocess")

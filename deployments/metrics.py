@@ -29,7 +29,7 @@ class GatewayMetrics:
             boundaries=LATENCY_MS, tag_keys=("model", "route"),
         )
         self.decisions = metrics.Counter(
-            "finserve_decisions", "Answers by outcome (decision or label).",
+            "finserve_decisions", "Answers by outcome (the output of role decision).",
             tag_keys=("model", "version", "outcome"),
         )
         self.shadow = metrics.Counter(
@@ -37,8 +37,11 @@ class GatewayMetrics:
             tag_keys=("model", "challenger", "agrees"),
         )
 
-    def outcomes(self, model: str, version: str, outputs: dict[str, np.ndarray]) -> None:
-        for name in ("decision", "label"):
+    def outcomes(self, model: str, version: str, outputs: dict[str, np.ndarray],
+                 decisions: tuple[str, ...]) -> None:
+        """Count answers by outcome: the first one-dimensional of the ``decisions`` (the
+        outputs the task declares with role decision)."""
+        for name in decisions:
             if name in outputs and outputs[name].ndim == 1:
                 for value, count in Counter(outputs[name].tolist()).items():
                     self.decisions.inc(count, tags={"model": model, "version": version,

@@ -13,48 +13,50 @@ import numpy as np
 from ray import serve
 
 from deployments.metrics import StageMetrics
-from serving.runtime import Batch, ModelRunner, TaskSteps
+from serving.config import ModelStageSettings
+from serving.runtime import Batch, ModelRunner, TaskProcessing
 from serving.store import ModelStore
 
 
-class _Steps:
-    """A model's task steps; any published version is loaded on first use."""
+class _ProcessingStage:
+    """Base of the Preprocess and Postprocess deployments: a model's ``TaskProcessing``;
+    any published version is loaded on first use."""
 
-    stage = "steps"
+    stage = "processing"
 
     def __init__(self, store_uri: str, model: str, task: str,
                  options: dict[str, Any] | None = None) -> None:
-        self.steps = TaskSteps(ModelStore(store_uri), model, task, [], options)
+        self.processing = TaskProcessing(ModelStore(store_uri), model, task, [], options)
         self.metrics = StageMetrics(model, self.stage)
 
     def preload(self, versions: list[str]) -> None:
-        self.steps.configure(versions, self.steps.options)
+        self.processing.configure(versions, self.processing.options)
 
 
 @serve.deployment
-class Preprocess(_Steps):
+class Preprocess(_ProcessingStage):
     """Raw records → model tensors (``task.preprocess``) for a model's versions."""
 
     stage = "preprocess"
 
     def __call__(self, version: str, raw: np.ndarray) -> Batch:
         started = time.perf_counter()
-        batch = self.steps.preprocess(version, raw)
+        batch = self.processing.preprocess(version, raw)
         self.metrics.observe(started)
         return batch
 
 
 @serve.deployment
-class Postprocess(_Steps):
+class Postprocess(_ProcessingStage):
     """Model outputs → decisions, labels and reasons (``task.postprocess``)."""
 
     stage = "postprocess"
 
     def __call__(
-        self, version: str, batch: Batch, parameters: dict[str, Any]
+        self, version: str, batch: Batch, request_params: dict[str, Any]
     ) -> dict[str, np.ndarray]:
         started = time.perf_counter()
-        answers = self.steps.postprocess(version, batch, parameters)
+        answers = self.processing.postprocess(version, batch, request_params)
         self.metrics.observe(started)
         return answers
 
@@ -70,18 +72,19 @@ class Model:
     ready, and that version's requests get 503 before they reach the batch.
     """
 
-    def __init__(self, store_uri: str, model: str, task: str, settings: dict[str, Any]) -> None:
+    def __init__(self, store_uri: str, model: str, task: str,
+                 settings: ModelStageSettings) -> None:
         store = ModelStore(store_uri)
         self.runner = ModelRunner(
             store, model, task, [store.resolve(model)],
-            intra_op_threads=settings.get("intra_op_threads"),
-            inter_op_threads=settings.get("inter_op_threads"),
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
         )
         # a batch queue of this instance's own: @serve.batch on a method keeps one queue
         # for every instance in the process, and a gateway replica holds one Model per model
         self.predict = serve.batch(
-            max_batch_size=settings["max_batch_size"],
-            batch_wait_timeout_s=settings["batch_wait_timeout_s"],
+            max_batch_size=settings.max_batch_size,
+            batch_wait_timeout_s=settings.batch_wait_timeout_s,
         )(self._predict_batch)
         self.metrics = StageMetrics(model, "model")
         self.runner.load_all()

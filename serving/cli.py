@@ -13,6 +13,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,12 +24,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from rollout.cli import rollout_app
+from serving.config import AppArgs
+from serving.settings import Environment
 from serving.store import ModelStore
 from serving.tasks import TASKS
 
 app = typer.Typer(help="FinServe: train, version and serve finance models.", no_args_is_help=True)
 console = Console()
-DEFAULT_STORE = os.environ.get("FINSERVE_STORE", "model_store")
+DEFAULT_STORE = Environment.read().default_store
 DEFAULT_CONFIG = "deployments/serve.yaml"
 
 StoreOpt = Annotated[str, typer.Option("--store", help="Model store root (path or fsspec URI).")]
@@ -230,13 +233,19 @@ def compare_cmd(model: Annotated[str, typer.Argument(help="Model name.")],
     console.print_json(data=report)
 
 
-def train_missing(config_path: str) -> None:
-    """Train every configured model that has no version in the store yet."""
-    from deployments.app import resolve_store_uri
+def served_config(config_path: str) -> tuple[dict[str, Any], AppArgs]:
+    """A Serve config file and its first application's args as served: the environment
+    applied as ``deployments.app`` applies it (``serving.settings``)."""
     from serving.config import load_serve_config
 
-    _, args = load_serve_config(config_path)
-    store = ModelStore(resolve_store_uri(args.store_uri))
+    raw_config, args = load_serve_config(config_path)
+    return raw_config, Environment.read().apply(args)
+
+
+def train_missing(config_path: str) -> None:
+    """Train every configured model that has no version in the store yet."""
+    _, args = served_config(config_path)
+    store = ModelStore(args.store_uri)
     for m in args.models:
         if not store.versions(m.name):
             console.print(f"[yellow]{m.name}[/]: no version in {store.root}; training one")
@@ -265,31 +274,49 @@ def serve_cmd(
         "machine scrape them.")] = "127.0.0.1",
 ) -> None:
     """Start an embedded local Ray and serve every model in the Serve config."""
-    from deployments.deploy import IngressTimeouts, stop_leftover_haproxy
-    from serving.config import load_serve_config
-
     started = time.perf_counter()
     # before anything imports Ray: its processes inherit the environment, and Ray reads the
     # node's address setting when it is imported
     haproxy_dir = _serve_environment(proxy, metrics_host)
     if train:
         train_missing(config)
-    raw_config, args = load_serve_config(config)
-    http = raw_config.get("http_options") or {}
-    host = host or http.get("host", "127.0.0.1")
-    port = port or int(http.get("port", 8000))
+    raw_config, args = served_config(config)
+    serve_config = _serve_config(raw_config, host, port, proxy)
     os.environ.setdefault("FINSERVE_HOME", str(Path.cwd()))
+    http = serve_config["http_options"]
+    try:
+        _serve_until_stopped(serve_config, num_cpus, lambda: _print_ready(
+            http["host"], http["port"], time.perf_counter() - started,
+            args.security.require_auth))
+    finally:
+        _stop_haproxy(haproxy_dir)
+        console.print("stopped; port released")
 
+
+def _serve_config(raw_config: dict[str, Any], host: str | None, port: int | None,
+                  proxy: Proxy) -> dict[str, Any]:
+    """The Serve config to apply: its address overridden by ``host`` and ``port``, and
+    with the Python proxy uvicorn's idle keep-alive in Ray's proxy actor."""
+    from deployments.deploy import IngressTimeouts
+
+    http = raw_config.get("http_options") or {}
+    http = {**http, "host": host or http.get("host", "127.0.0.1"),
+            "port": port or int(http.get("port", 8000))}
+    if proxy is Proxy.python:
+        http.setdefault("keep_alive_timeout_s", IngressTimeouts.from_env().keep_alive_s)
+    return {**raw_config, "http_options": http}
+
+
+def _serve_until_stopped(config: dict[str, Any], num_cpus: int | None,
+                         on_ready: Callable[[], None]) -> None:
+    """Start Ray, apply ``config``, wait for its applications, then serve until Ctrl-C or
+    SIGTERM; Serve and Ray are shut down either way."""
     import ray
     from ray import serve
 
     from deployments.deploy import apply_config, wait_running
 
-    config = {**raw_config, "http_options": {**http, "host": host, "port": port}}
     names = [a.get("name", "default") for a in config["applications"]]
-    if proxy is Proxy.python:  # uvicorn's idle keep-alive in Ray's proxy actor
-        config["http_options"].setdefault("keep_alive_timeout_s",
-                                          IngressTimeouts.from_env().keep_alive_s)
     ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 8), include_dashboard=False,
              logging_level="WARNING")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -298,7 +325,7 @@ def serve_cmd(
     try:
         apply_config(config)
         wait_running(names)
-        _print_ready(host, port, time.perf_counter() - started, args.security.require_auth)
+        on_ready()
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -306,11 +333,16 @@ def serve_cmd(
     finally:
         serve.shutdown()
         ray.shutdown()
-        if haproxy_dir is not None:  # HAProxy can outlive Ray and keep holding the port
-            if stop_leftover_haproxy(haproxy_dir):
-                console.print("stopped a leftover HAProxy")
-            shutil.rmtree(haproxy_dir, ignore_errors=True)
-        console.print("stopped; port released")
+
+
+def _stop_haproxy(haproxy_dir: str | None) -> None:
+    """HAProxy can outlive Ray and keep holding the port: stop it, remove its folder."""
+    from deployments.deploy import stop_leftover_haproxy
+
+    if haproxy_dir is not None:
+        if stop_leftover_haproxy(haproxy_dir):
+            console.print("stopped a leftover HAProxy")
+        shutil.rmtree(haproxy_dir, ignore_errors=True)
 
 
 def _serve_environment(proxy: Proxy, metrics_host: str) -> str | None:
@@ -351,7 +383,7 @@ def _serve_environment(proxy: Proxy, metrics_host: str) -> str | None:
 def _print_ready(host: str, port: int, seconds: float, require_auth: bool) -> None:
     base = f"http://{host}:{port}"
     console.print(f"\n[bold green]FinServe is serving on {base}[/] (ready in {seconds:.1f}s)")
-    if not require_auth and not os.environ.get("FINSERVE_REQUIRE_AUTH"):
+    if not require_auth:
         console.print("  [yellow]open mode: no API key is required[/] (security.require_auth "
                       "in the Serve config, or FINSERVE_REQUIRE_AUTH=true, turns keys on)")
     console.print(f"  API docs:   {base}/docs")

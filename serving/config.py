@@ -82,11 +82,6 @@ class ModelStageSettings(Stage):
     intra_op_threads: int | None = Field(1, ge=1, description="TF intra-op threads per replica.")
     inter_op_threads: int | None = Field(1, ge=1, description="TF inter-op threads per replica.")
 
-    def runner_settings(self) -> dict[str, Any]:
-        """What the Model stage's code takes, wherever it runs."""
-        return self.model_dump(include={"max_batch_size", "batch_wait_timeout_s",
-                                        "intra_op_threads", "inter_op_threads"})
-
 
 class ModelSettings(_Strict):
     """One served model: its task, versions and stage settings."""

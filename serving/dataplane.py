@@ -12,34 +12,16 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel
 
-from serving.errors import BadRequest, InvalidInput, PayloadTooLarge, RequestTimeout
+from serving.errors import BadRequest, InvalidInput, RequestTimeout
 from serving.protocol import binary
-from serving.protocol.codec import check_header, rows_to_array
+from serving.protocol.codec import check_count, check_header, rows_to_array
 from serving.protocol.v1 import PredictRequest, PredictResponse, instances_to_columns
 from serving.protocol.v2 import InferenceRequest, InferenceResponse, ResponseOutput
 from serving.tasks import Task
 
 Outputs = dict[str, np.ndarray]
-
-
-def check_count(count: int, max_instances: int) -> None:
-    """413 for a batch over the limit; every route counts before it decodes anything."""
-    if count > max_instances:
-        raise PayloadTooLarge(f"{count} instances in one request; the limit is {max_instances}")
-
-
-def records_limit(max_instances: int) -> dict[str, Any]:
-    """Validators for a task route's request model: its ``records`` are counted (413)
-    before pydantic validates any record."""
-
-    def count(cls: type[BaseModel], records: Any) -> Any:
-        if isinstance(records, list):
-            check_count(len(records), max_instances)  # not a ValueError: pydantic lets it out
-        return records
-
-    return {"count_records": field_validator("records", mode="before")(count)}
 
 
 def decode_v2(request: InferenceRequest, task: Task,

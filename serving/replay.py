@@ -8,7 +8,7 @@ import numpy as np
 
 from serving import audit
 from serving.dataplane import rows
-from serving.runtime import Batch, ModelRunner, TaskSteps
+from serving.runtime import Batch, ModelRunner, TaskProcessing
 from serving.store import ModelStore
 
 
@@ -27,15 +27,15 @@ def replay(trail: str, request_id: str, store: ModelStore, atol: float = 1e-5) -
     if record["inputs"].get("tokenized"):  # True (formats 1-3) or the tokenized names
         return {**result, "matches": False,
                 "reason": "the input holds tokenized personal fields; it cannot be re-run"}
-    steps = TaskSteps(store, model, manifest.task, [version])
+    processing = TaskProcessing(store, model, manifest.task, [version])
     runner = ModelRunner(store, model, manifest.task, [version])
     runner.load_all()
-    spec = steps.task.input_spec
+    spec = processing.task.input_spec
     raw = np.asarray(record["inputs"]["data"], dtype=object if spec.datatype == "BYTES"
                      else np.float32)
-    batch = steps.preprocess(version, steps.task.check_raw(raw))
+    batch = processing.preprocess(version, processing.task.check_raw(raw))
     batch = Batch(runner.predict_batch([(version, batch.data)])[0], batch.context)
-    outputs = steps.postprocess(version, batch, record.get("parameters"))
+    outputs = processing.postprocess(version, batch, record.get("parameters"))
     again = rows(outputs)
     if isinstance(record["outputs"], dict):  # formats 3-4: columns, as the model gave them
         recorded_now = audit.recorded_outputs(outputs)

@@ -25,7 +25,7 @@ import numpy as np
 
 from serving.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from serving.store import SAVED_MODEL_DIR, IntegrityError, ModelStore, check_params
-from serving.tasks import Step, Task, get_task
+from serving.tasks import PostprocessContext, Task, get_task
 from serving.training import load_signature
 
 log = logging.getLogger("finserve.runtime")
@@ -100,8 +100,9 @@ class _Versions:
         raise NotImplementedError
 
 
-class TaskSteps(_Versions):
-    """Preprocessing and postprocessing of a model's versions."""
+class TaskProcessing(_Versions):
+    """A model's preprocessing and postprocessing (its task's, with each version's fit
+    parameters), wherever they run: in the gateway or in stage deployments."""
 
     def __init__(
         self, store: ModelStore, model: str, task: str, versions: list[str],
@@ -126,10 +127,11 @@ class TaskSteps(_Versions):
         return Batch(self.task.preprocess(raw, params), self.task.context(raw, params))
 
     def postprocess(
-        self, version: str, batch: Batch, parameters: dict[str, Any] | None = None
+        self, version: str, batch: Batch, request_params: dict[str, Any] | None = None
     ) -> dict[str, np.ndarray]:
-        step = Step(self.get(version), self.options, parameters or {}, batch.context)
-        return self.task.postprocess(batch.data, step)
+        ctx = PostprocessContext(self.get(version), self.options, request_params or {},
+                                 batch.context)
+        return self.task.postprocess(batch.data, ctx)
 
 
 class ModelRunner(_Versions):

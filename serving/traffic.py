@@ -12,6 +12,9 @@ from typing import Any
 import fsspec
 import numpy as np
 
+#: outputs a shadow version is compared on by agreement, whatever their type
+AGREEMENT_ROLES = ("decision", "label")
+
 
 def choose_version(weights: dict[str, int], key: str | None) -> str:
     """A version drawn by ``weights`` (percentages); the same ``key`` always gets the same
@@ -49,24 +52,48 @@ def read_shadow(location: str, model: str) -> Iterable[dict[str, Any]]:
                         yield record
 
 
+def agrees(decisions: Iterable[str], live: dict[str, np.ndarray],
+           shadow: dict[str, np.ndarray]) -> bool:
+    """Whether a shadow answer made the live answer's decisions (the outputs the task
+    declares with role ``decision``)."""
+    return all(np.array_equal(live[n], shadow[n]) for n in decisions if n in live)
+
+
+def output_roles(task_name: str | None) -> dict[str, str]:
+    """The declared role of each output of a task (none for an unknown or absent task:
+    shadow records written before they named their task)."""
+    from serving.tasks import TASKS, get_task
+
+    if task_name not in TASKS:
+        return {}
+    return {s.name: s.role for s in get_task(task_name).output_specs if s.role}
+
+
 def compare(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """How champion and challenger differed: agreement of label-like outputs, and the
-    distributions of numeric ones."""
+    """How champion and challenger differed: agreement of the outputs whose declared role is
+    decision or label (by type, strings, where the record names no task), and the
+    distributions of numeric ones; ``decision`` names the task's decision output."""
     pairs: dict[str, list[tuple[Any, Any]]] = {}
+    roles: dict[str, str] = {}
     count = 0
     versions: set[tuple[str, str]] = set()
     for record in records:
         count += 1
         versions.add((record["champion"], record["challenger"]))
+        roles.update(output_roles(record.get("task")))
         for live, shadow in zip(record["champion_outputs"], record["challenger_outputs"],
                                 strict=False):
             for name, value in live.items():
                 if name in shadow:
                     pairs.setdefault(name, []).append((value, shadow[name]))
     report: dict[str, Any] = {"requests": count, "versions": sorted(versions), "outputs": {}}
+    decision = next((n for n in pairs if roles.get(n) == "decision"), None)
+    if decision is not None:
+        report["decision"] = decision
     for name, values in pairs.items():
         live, shadow = zip(*values, strict=True)
-        if all(isinstance(v, str) for v in live):
+        role = roles.get(name)
+        if role in AGREEMENT_ROLES or (role is None and all(isinstance(v, str) for v in live)):
             report["outputs"][name] = {
                 "kind": "label", "examples": len(live),
                 "agreement": float(np.mean([a == b for a, b in values])),

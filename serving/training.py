@@ -36,11 +36,6 @@ def data_digest(data: Dataset) -> str:
     return h.hexdigest()
 
 
-def stored_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Preprocessing parameters without runtime caches (keys starting with '_')."""
-    return {k: v for k, v in params.items() if not k.startswith("_")}
-
-
 def export_saved_model(task: Task, model: Any, params: dict[str, Any], path: Path) -> None:
     """Write ``model`` as a SavedModel whose ``serving_default`` maps ``inputs`` to the
     task's named outputs (``scores`` and any others)."""
@@ -89,7 +84,6 @@ def train(
 ) -> Manifest:
     """Train ``task_name`` on the built-in data or ``data_path`` and publish a new version."""
     import keras
-    import tensorflow as tf
 
     task = get_task(task_name)
     model_name = model_name or task.name
@@ -97,23 +91,14 @@ def train(
     data = task.load_data(data_path) if data_path else task.sample_data(seed=seed, n=samples)
     train_set, holdout = task.split(data, seed=seed)
     params = task.fit_preprocessing(train_set)
-    x_train = task.preprocess(train_set.raw, params)
-    y_train = task.targets(train_set, params)
-
     epochs = epochs or task.default_epochs
-    model = task.build_model(params)
-    callbacks = [_ProgressCallback(epochs, progress)] if progress else []
-    model.fit(
-        x_train, y_train, epochs=epochs, batch_size=task.batch_size, verbose=0,
-        callbacks=callbacks, shuffle=True,
-    )
+    model = _fit(task, train_set, params, epochs, progress)
 
     with tempfile.TemporaryDirectory(prefix="finserve-export-") as tmp:
         export_dir = Path(tmp) / SAVED_MODEL_DIR
         export_saved_model(task, model, params, export_dir)
         served = load_signature(export_dir)
         outputs = predict_in_batches(served, task.preprocess(holdout.raw, params))
-        evaluation = task.evaluate(holdout, outputs, params)
         manifest = Manifest(
             model=model_name,
             task=task.name,
@@ -129,16 +114,34 @@ def train(
             # the tree digest, each file's sha256 and the parameters' digest
             # (preprocessing_sha256) are computed by the store as it publishes
             artifact_sha256="",
-            metrics=evaluation.as_dict(),
-            preprocessing=stored_params(params),
+            metrics=task.evaluate(holdout, outputs, params).as_dict(),
+            preprocessing=task.stored_params(params),
             training={"epochs": epochs, "seed": seed, "batch_size": task.batch_size},
-            framework={
-                "tensorflow": tf.__version__,
-                "keras": keras.__version__,
-                "python": platform.python_version(),
-            },
+            framework=_framework(),
         )
         return store.publish(model_name, export_dir, manifest)
+
+
+def _fit(task: Task, train_set: Dataset, params: dict[str, Any], epochs: int,
+         progress: Progress | None) -> Any:
+    """The task's Keras model, fit on the preprocessed training set."""
+    x_train = task.preprocess(train_set.raw, params)
+    y_train = task.targets(train_set, params)
+    model = task.build_model(params)
+    model.fit(
+        x_train, y_train, epochs=epochs, batch_size=task.batch_size, verbose=0, shuffle=True,
+        callbacks=[_ProgressCallback(epochs, progress)] if progress else [],
+    )
+    return model
+
+
+def _framework() -> dict[str, str]:
+    """The versions a model was trained with, for its manifest."""
+    import keras
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__,
+            "python": platform.python_version()}
 
 
 class _ProgressCallback:

@@ -7,7 +7,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,12 +29,17 @@ from serving.audit.sinks import (
     resolve_location,
 )
 from serving.audit.trail import Trail, TrailUnavailable
+from serving.config import Audit
 from serving.store import utc_now
+
+if TYPE_CHECKING:
+    from serving.security import ApiKey
+    from serving.tasks import Task
 
 log = logging.getLogger("finserve.audit")
 
 
-def checkpoint_location(settings: Any) -> str:
+def checkpoint_location(settings: Audit) -> str:
     """Where a trail's checkpoints go: as configured, else beside it but apart (a sibling
     folder or URI; the checkpoint table of the same database)."""
     if settings.checkpoint_location:
@@ -60,7 +65,7 @@ def _migrate_token_key(location: str, keys_dir: str | None) -> None:
 class Recorder:
     """Decision records (chained, durable, before the answer) and shadow comparisons."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Audit) -> None:
         self.location = resolve_location(str(settings.location))
         keys_dir = settings.keys_dir
         _migrate_token_key(self.location, keys_dir)
@@ -83,7 +88,7 @@ class Recorder:
         log.info("decision trail at %s, chain %s, public key %s", self.location, chain,
                  keys.public_hex)
 
-    def inputs(self, task: Any, raw: np.ndarray) -> dict[str, Any]:
+    def inputs(self, task: Task, raw: np.ndarray) -> dict[str, Any]:
         """The raw batch as recorded: personal values become keyed-hash tokens (the whole
         input when the task names it, else the named columns)."""
         spec = task.input_spec
@@ -99,30 +104,33 @@ class Recorder:
         tokenized = [task.raw_fields[i] for i in columns]
         return {"name": spec.name, "data": values, "tokenized": tokenized}
 
-    async def decision(self, *, request_id: str, key: Any, served: Any, version: str,
-                       artifact_sha256: str, route: str, raw: Any, parameters: dict[str, Any],
-                       outputs: dict[str, Any], latency_ms: float) -> dict[str, Any]:
+    async def decision(self, *, request_id: str, key: ApiKey | None, model: str, task: Task,
+                       version: str, artifact_sha256: str, route: str, raw: np.ndarray,
+                       parameters: dict[str, Any], outputs: dict[str, np.ndarray],
+                       latency_ms: float) -> dict[str, Any]:
+        """Append the decision record of one answer; durable when this returns."""
         try:
             record = decision_record(
-                request_id=request_id, key_id=key.id if key else None, model=served.name,
+                request_id=request_id, key_id=key.id if key else None, model=model,
                 version=version, artifact_sha256=artifact_sha256,
-                route=route, inputs=self.inputs(served.task, raw),
-                outputs=recorded_outputs(outputs, served.task.derived_outputs),
+                route=route, inputs=self.inputs(task, raw),
+                outputs=recorded_outputs(outputs, task.derived_outputs),
                 latency_ms=latency_ms, parameters=parameters,
             )
         except (ValueError, TypeError) as exc:  # a value the record format cannot hold
             raise TrailUnavailable(f"decision trail unavailable: {exc}") from exc
         return await self.trail.append(record)
 
-    async def shadow(self, request_id: str, served: Any, champion: str, challenger: str,
-                     raw: Any, live: dict[str, Any], shadow: dict[str, Any]) -> None:
+    async def shadow(self, request_id: str, model: str, task: Task, champion: str,
+                     challenger: str, raw: np.ndarray, live: dict[str, np.ndarray],
+                     shadow: dict[str, np.ndarray]) -> None:
         """Record the pair of answers for ``finserve compare``, in the trail itself."""
         from serving.dataplane import rows
 
         record = {
             "kind": "shadow", "request_id": request_id, "time": utc_now(),
-            "model": served.name, "champion": champion, "challenger": challenger,
-            "inputs": self.inputs(served.task, raw),
+            "model": model, "task": task.name, "champion": champion,
+            "challenger": challenger, "inputs": self.inputs(task, raw),
             "champion_outputs": rows(live, recorded),
             "challenger_outputs": rows(shadow, recorded),
         }

@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from serving.errors import BadRequest, InvalidInput
+from serving.errors import BadRequest, InvalidInput, PayloadTooLarge
 
 #: Open Inference Protocol datatypes and their numpy dtypes.
 V2_DTYPES: dict[str, np.dtype | type] = {
@@ -39,17 +39,24 @@ MAX_RANK = 8
 #: the most elements a wire tensor may declare (a 0 dimension counted as 1); far more than
 #: any request body carries, so counts and shapes stay within int64 and numpy's limits
 MAX_ELEMENTS = 1 << 31
+#: what an output means, declared by its task: ``decision`` (the answer metrics count by
+#: outcome and a shadow version is compared on), ``score`` (a probability or confidence),
+#: ``label`` (a class that is not the decision), ``reason`` (reason codes or statements),
+#: ``estimate`` and ``bound`` (a forecast and its interval), ``detail`` (anything else)
+OutputRole = Literal["decision", "score", "label", "reason", "estimate", "bound", "detail"]
 _NUMPY_TO_V2 = {np.dtype(v).kind + str(np.dtype(v).itemsize): k for k, v in V2_DTYPES.items()}
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A named tensor a task takes or returns; ``shape`` uses -1 for the batch axis."""
+    """A named tensor a task takes or returns; ``shape`` uses -1 for the batch axis, and
+    an output declares its ``role``."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
     description: str = ""
+    role: OutputRole | None = None
 
     def check(self, array: np.ndarray) -> np.ndarray:
         """Return ``array`` reshaped to this spec, or raise ``InvalidInput`` saying why."""
@@ -68,6 +75,12 @@ class TensorSpec:
         if array.shape[0] == 0:
             raise InvalidInput(f"input '{self.name}' is an empty batch")
         return array
+
+
+def check_count(count: int, max_instances: int) -> None:
+    """413 for a batch over the limit; every route counts before it decodes anything."""
+    if count > max_instances:
+        raise PayloadTooLarge(f"{count} instances in one request; the limit is {max_instances}")
 
 
 def v2_datatype(array: np.ndarray) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from serving.tasks.base import Dataset, Evaluation, Step, Task
+from serving.tasks.base import Dataset, Evaluation, PostprocessContext, Task
 
 
 def _discover() -> dict[str, type[Task]]:
@@ -35,4 +35,4 @@ def get_task(name: str) -> Task:
         raise KeyError(f"unknown task '{name}'; known tasks: {', '.join(TASKS)}") from None
 
 
-__all__ = ["TASKS", "Dataset", "Evaluation", "Step", "Task", "get_task"]
+__all__ = ["TASKS", "Dataset", "Evaluation", "PostprocessContext", "Task", "get_task"]

@@ -9,6 +9,7 @@ Keras model that training fits and exports, and turns scores into decisions
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from serving.errors import InvalidInput
-from serving.protocol.codec import TensorSpec
+from serving.protocol.codec import OutputRole, TensorSpec
 from serving.tasks._domain import record_domain
 
 
@@ -37,13 +38,17 @@ class Dataset:
 
 
 @dataclass
-class Step:
+class PostprocessContext:
     """What postprocessing knows besides the model outputs."""
 
-    params: dict[str, Any]
+    #: the version's preprocessing parameters (``fit_preprocessing``, stored with it)
+    fit_params: dict[str, Any]
+    #: the model's postprocessing options (``default_options`` and the Serve config's)
     options: dict[str, Any] = field(default_factory=dict)
-    parameters: dict[str, Any] = field(default_factory=dict)
-    context: dict[str, np.ndarray] = field(default_factory=dict)
+    #: this request's validated parameters (``Parameters``)
+    request_params: dict[str, Any] = field(default_factory=dict)
+    #: per-example values Preprocess handed past the model (``Task.context``)
+    preprocess_context: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,6 +107,9 @@ class Task(abc.ABC):
     #: outputs that follow from other outputs (reason statements from reason codes); the
     #: decision trail records only their source
     derived_outputs: ClassVar[tuple[str, ...]] = ()
+    #: keys of the preprocessing parameters that serving builds from the stored ones and
+    #: keeps on them (lookup indexes, ``cached``); never stored with a version
+    runtime_caches: ClassVar[tuple[str, ...]] = ()
 
     # --- data -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -181,7 +189,8 @@ class Task(abc.ABC):
 
     # --- postprocessing and evaluation -------------------------------------------------
     @abc.abstractmethod
-    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
+    def postprocess(self, outputs: dict[str, np.ndarray],
+                    ctx: PostprocessContext) -> dict[str, np.ndarray]:
         """Model outputs (``scores`` and any others) to named answers, one entry per example."""
 
     @abc.abstractmethod
@@ -189,14 +198,36 @@ class Task(abc.ABC):
                  params: dict[str, Any]) -> Evaluation:
         """Held-out metric of the exported model against a trivial baseline."""
 
-    def summarize(self, answers: dict[str, np.ndarray], step: Step) -> dict[str, Any] | None:
+    def summarize(self, answers: dict[str, np.ndarray],
+                  ctx: PostprocessContext) -> dict[str, Any] | None:
         """An answer about the whole request on the task route (a cheque's amount); none
         by default."""
         return None
 
     # --- helpers shared by tasks ------------------------------------------------------
-    def parameters(self, given: dict[str, Any] | None) -> dict[str, Any]:
-        """Validate per-request parameters against ``Parameters``; defaults filled in."""
+    @classmethod
+    def outputs_with(cls, role: OutputRole) -> tuple[str, ...]:
+        """The names of the outputs that declare ``role``, in ``output_specs`` order."""
+        return tuple(spec.name for spec in cls.output_specs if spec.role == role)
+
+    def cached(self, params: dict[str, Any], key: str, build: Callable[[], Any]) -> Any:
+        """``params[key]``, built once per parameters object; ``key`` must be one of the
+        task's declared ``runtime_caches``."""
+        if key not in self.runtime_caches:
+            raise KeyError(f"task '{self.name}' declares no runtime cache '{key}'")
+        value = params.get(key)
+        if value is None:
+            value = params[key] = build()
+        return value
+
+    def stored_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Preprocessing parameters as a version stores them: without ``runtime_caches``."""
+        return {k: v for k, v in params.items() if k not in self.runtime_caches}
+
+    def request_params(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        """Validate per-request parameters against ``Parameters``; defaults filled in. The
+        gateway calls it once per request (the task route's body model validates them as
+        it parses)."""
         if self.Parameters is None:
             if given:
                 raise InvalidInput(f"model task '{self.name}' takes no parameters")

@@ -21,7 +21,7 @@ from serving.data import require_columns
 from serving.protocol.codec import TensorSpec
 from serving.tasks._explain import integrated_gradients, rank_reasons
 from serving.tasks._layers import binary_mlp
-from serving.tasks.base import Dataset, Evaluation, Step, Task
+from serving.tasks.base import Dataset, Evaluation, PostprocessContext, Task
 
 HOME = ("rent", "mortgage", "own")
 PURPOSE = ("debt_consolidation", "credit_card", "home_improvement", "car", "small_business",
@@ -135,11 +135,12 @@ class CreditTask(Task):
         "columns: " + ", ".join(FEATURES) + " (home_ownership and purpose as category index)",
     )
     output_specs = (
-        TensorSpec("default_probability", "FP32", (-1,), "probability of default"),
-        TensorSpec("grade", "BYTES", (-1,), "risk grade A (best) to E"),
-        TensorSpec("decision", "BYTES", (-1,), "approve, review or decline"),
-        TensorSpec("reason_codes", "BYTES", (-1, MAX_REASONS), "ranked; '' pads"),
-        TensorSpec("reasons", "BYTES", (-1, MAX_REASONS), "statements of the reason codes"),
+        TensorSpec("default_probability", "FP32", (-1,), "probability of default", role="score"),
+        TensorSpec("grade", "BYTES", (-1,), "risk grade A (best) to E", role="label"),
+        TensorSpec("decision", "BYTES", (-1,), "approve, review or decline", role="decision"),
+        TensorSpec("reason_codes", "BYTES", (-1, MAX_REASONS), "ranked; '' pads", role="reason"),
+        TensorSpec("reasons", "BYTES", (-1, MAX_REASONS), "statements of the reason codes",
+                   role="reason"),
     )
     derived_outputs = ("reasons",)  # REASONS[code]: recorded once, as the codes
     default_epochs = 10
@@ -213,9 +214,10 @@ class CreditTask(Task):
         return integrated_gradients(model, params["reference_input"])
 
     # --- postprocessing -------------------------------------------------------------------
-    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
+    def postprocess(self, outputs: dict[str, np.ndarray],
+                    ctx: PostprocessContext) -> dict[str, np.ndarray]:
         p = outputs["scores"].reshape(-1).astype(np.float32)
-        options = step.options
+        options = ctx.options
         decision = np.where(p < options["approve_below"], "approve",
                             np.where(p < options["decline_at"], "review", "decline"))
         grade = np.full(len(p), "E", dtype=object)

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from serving.data import require_columns
 from serving.errors import InvalidInput, RequestTimeout
 from serving.protocol.codec import TensorSpec
-from serving.tasks.base import Dataset, Evaluation, Step, Task
+from serving.tasks.base import Dataset, Evaluation, PostprocessContext, Task
 
 SIZE = 8  #: image side, pixels
 MAX_VALUE = 16.0  #: ink of a fully inked pixel (a 4x4 block of the 32x32 bitmap)
@@ -246,9 +246,10 @@ class DigitsTask(Task):
         "image", "FP32", (-1, SIZE, SIZE), "8x8 digit images, 0 (paper) to 16 (ink)"
     )
     output_specs = (
-        TensorSpec("digit", "INT64", (-1,), "the digit read, 0-9"),
-        TensorSpec("confidence", "FP32", (-1,), "probability of that digit"),
-        TensorSpec("probabilities", "FP32", (-1, CLASSES), "probability of 0, 1, ..., 9"),
+        TensorSpec("digit", "INT64", (-1,), "the digit read, 0-9", role="decision"),
+        TensorSpec("confidence", "FP32", (-1,), "probability of that digit", role="score"),
+        TensorSpec("probabilities", "FP32", (-1, CLASSES), "probability of 0, 1, ..., 9",
+                   role="score"),
     )
     default_epochs = 15
     batch_size = 32
@@ -354,7 +355,8 @@ class DigitsTask(Task):
         return model
 
     # --- postprocessing and evaluation -------------------------------------------------
-    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
+    def postprocess(self, outputs: dict[str, np.ndarray],
+                    ctx: PostprocessContext) -> dict[str, np.ndarray]:
         probs = outputs["scores"].astype(np.float32).reshape(-1, CLASSES)
         return {
             "digit": probs.argmax(axis=1).astype(np.int64),
@@ -362,12 +364,13 @@ class DigitsTask(Task):
             "probabilities": probs,
         }
 
-    def summarize(self, answers: dict[str, np.ndarray], step: Step) -> dict[str, Any] | None:
+    def summarize(self, answers: dict[str, np.ndarray],
+                  ctx: PostprocessContext) -> dict[str, Any] | None:
         """The records are the digits of one courtesy amount, in order."""
         digits, confidence = answers["digit"], answers["confidence"]
         if len(digits) == 0:
             return None
-        threshold = float(step.options.get("review_confidence", REVIEW_CONFIDENCE))
+        threshold = float(ctx.options.get("review_confidence", REVIEW_CONFIDENCE))
         return {
             "amount": "".join(str(int(d)) for d in digits),
             "confidence": round(float(confidence.min()), 6),

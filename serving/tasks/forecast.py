@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.data import require_columns
 from serving.errors import InvalidInput
 from serving.protocol.codec import TensorSpec
-from serving.tasks.base import Dataset, Evaluation, Step, Task
+from serving.tasks.base import Dataset, Evaluation, PostprocessContext, Task
 
 #: Prices in a window (the raw input's width).
 WINDOW = 30
@@ -155,9 +155,12 @@ class ForecastTask(Task):
         "prices", "FP32", (-1, WINDOW), f"the last {WINDOW} daily prices, oldest first, > 0"
     )
     output_specs = (
-        TensorSpec("forecast", "FP32", (-1, -1), "median price for days 1..horizon"),
-        TensorSpec("lower", "FP32", (-1, -1), "10 % quantile price for days 1..horizon"),
-        TensorSpec("upper", "FP32", (-1, -1), "90 % quantile price for days 1..horizon"),
+        TensorSpec("forecast", "FP32", (-1, -1), "median price for days 1..horizon",
+                   role="estimate"),
+        TensorSpec("lower", "FP32", (-1, -1), "10 % quantile price for days 1..horizon",
+                   role="bound"),
+        TensorSpec("upper", "FP32", (-1, -1), "90 % quantile price for days 1..horizon",
+                   role="bound"),
     )
     default_epochs = 15
     batch_size = 128
@@ -273,10 +276,11 @@ class ForecastTask(Task):
         return model
 
     # --- postprocessing and evaluation -------------------------------------------------
-    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
-        horizon = int(step.parameters.get("horizon", DEFAULT_HORIZON))
-        last = np.asarray(step.context["last_price"], np.float64).reshape(-1, 1)
-        paths = self._price_quantiles(outputs["scores"], last, step.params)[:, :horizon]
+    def postprocess(self, outputs: dict[str, np.ndarray],
+                    ctx: PostprocessContext) -> dict[str, np.ndarray]:
+        horizon = int(ctx.request_params.get("horizon", DEFAULT_HORIZON))
+        last = np.asarray(ctx.preprocess_context["last_price"], np.float64).reshape(-1, 1)
+        paths = self._price_quantiles(outputs["scores"], last, ctx.fit_params)[:, :horizon]
         return {
             "forecast": paths[..., 1].astype(np.float32),
             "lower": paths[..., 0].astype(np.float32),

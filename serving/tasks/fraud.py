@@ -16,7 +16,7 @@ from serving.data import require_columns
 from serving.protocol.codec import TensorSpec
 from serving.tasks._explain import integrated_gradients, rank_reasons
 from serving.tasks._layers import binary_mlp
-from serving.tasks.base import Dataset, Evaluation, Step, Task
+from serving.tasks.base import Dataset, Evaluation, PostprocessContext, Task
 
 #: Raw feature order on the V2 and V1 routes; ``Transaction`` declares each one's values.
 FEATURES: tuple[str, ...] = (
@@ -115,10 +115,13 @@ class FraudTask(Task):
         "features", "FP32", (-1, len(FEATURES)), "columns: " + ", ".join(FEATURES)
     )
     output_specs = (
-        TensorSpec("fraud_probability", "FP32", (-1,), "probability the transaction is fraud"),
-        TensorSpec("decision", "BYTES", (-1,), "approve, review or block"),
-        TensorSpec("reason_codes", "BYTES", (-1, MAX_REASONS), "for review and block; '' pads"),
-        TensorSpec("reasons", "BYTES", (-1, MAX_REASONS), "statements of the reason codes"),
+        TensorSpec("fraud_probability", "FP32", (-1,), "probability the transaction is fraud",
+                   role="score"),
+        TensorSpec("decision", "BYTES", (-1,), "approve, review or block", role="decision"),
+        TensorSpec("reason_codes", "BYTES", (-1, MAX_REASONS), "for review and block; '' pads",
+                   role="reason"),
+        TensorSpec("reasons", "BYTES", (-1, MAX_REASONS), "statements of the reason codes",
+                   role="reason"),
     )
     derived_outputs = ("reasons",)  # REASONS[code]: recorded once, as the codes
     default_epochs = 8
@@ -177,8 +180,9 @@ class FraudTask(Task):
             return super().serving_outputs(model, params)
         return integrated_gradients(model, params["reference_input"])
 
-    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
-        options = step.options
+    def postprocess(self, outputs: dict[str, np.ndarray],
+                    ctx: PostprocessContext) -> dict[str, np.ndarray]:
+        options = ctx.options
         p = outputs["scores"].reshape(-1).astype(np.float32)
         decision = np.where(
             p >= options["block_threshold"],

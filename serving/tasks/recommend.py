@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.data import require_columns
 from serving.errors import InvalidInput
 from serving.protocol.codec import TensorSpec
-from serving.tasks.base import Dataset, Evaluation, Step, Task
+from serving.tasks.base import Dataset, Evaluation, PostprocessContext, Task
 
 #: The product catalog: (id, name). Served answers name products by id.
 CATALOG: tuple[tuple[str, str], ...] = (
@@ -141,11 +141,13 @@ class RecommendTask(Task):
     Parameters = RecommendParameters
     input_spec = TensorSpec("customer_id", "BYTES", (-1,), "customer id, 1-64 characters")
     output_specs = (
-        TensorSpec("products", "BYTES", (-1, -1), "top-k product ids, best first"),
+        TensorSpec("products", "BYTES", (-1, -1), "top-k product ids, best first", role="decision"),
         TensorSpec("scores", "FP32", (-1, -1),
-                   "estimated probability each is the customer's next product"),
-        TensorSpec("cold_start", "BOOL", (-1,), "unknown customer: popularity ranking"),
+                   "estimated probability each is the customer's next product", role="score"),
+        TensorSpec("cold_start", "BOOL", (-1,), "unknown customer: popularity ranking",
+                   role="detail"),
     )
+    runtime_caches = ("_index", "_held")  # lookup indexes over the stored lists
     default_epochs = 10
     batch_size = 128
     samples = 12_000
@@ -228,9 +230,8 @@ class RecommendTask(Task):
     def preprocess(self, raw: np.ndarray, params: dict[str, Any]) -> np.ndarray:
         """Customer ids (surrounding blanks ignored) → [N, 1] embedding rows: 1 + position
         among known customers, or 0 for an unknown customer."""
-        index = params.get("_index")
-        if index is None:  # built once per params object and cached on it
-            index = params["_index"] = {c: i + 1 for i, c in enumerate(params["customers"])}
+        index = self.cached(params, "_index",
+                            lambda: {c: i + 1 for i, c in enumerate(params["customers"])})
         return np.array([index.get(str(c).strip(), 0) for c in raw], np.int32).reshape(-1, 1)
 
     def context(self, raw: np.ndarray, params: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -256,11 +257,12 @@ class RecommendTask(Task):
         return model
 
     # --- postprocessing and evaluation -------------------------------------------------
-    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
-        params = step.params
-        k = int(step.parameters.get("k", TOP_K))
-        known = np.asarray(step.context["known"], bool).reshape(-1)
-        rows = np.asarray(step.context["customer"]).reshape(-1)
+    def postprocess(self, outputs: dict[str, np.ndarray],
+                    ctx: PostprocessContext) -> dict[str, np.ndarray]:
+        params = ctx.fit_params
+        k = int(ctx.request_params.get("k", TOP_K))
+        known = np.asarray(ctx.preprocess_context["known"], bool).reshape(-1)
+        rows = np.asarray(ctx.preprocess_context["customer"]).reshape(-1)
         scores, held = self._candidates(outputs["scores"], rows, known, params)
         top = np.argsort(np.where(held, 1.0, -scores), axis=1, kind="stable")[:, :k]
         ids = np.array(params["products"], dtype=str)[top]
@@ -271,15 +273,15 @@ class RecommendTask(Task):
             "cold_start": ~known,
         }
 
-    @staticmethod
-    def _held(params: dict[str, Any]) -> np.ndarray:
+    def _held(self, params: dict[str, Any]) -> np.ndarray:
         """[1 + customers, products] bool matrix of training holdings (row 0: unknown)."""
-        held = params.get("_held")
-        if held is None:
+
+        def build() -> np.ndarray:
             masks = np.array([0, *params["holdings"]], dtype=np.int64)
             bits = np.arange(len(params["products"]), dtype=np.int64)
-            held = params["_held"] = (masks[:, None] >> bits) & 1 == 1
-        return held
+            return (masks[:, None] >> bits) & 1 == 1
+
+        return self.cached(params, "_held", build)
 
     def _candidates(self, scores: np.ndarray, rows: np.ndarray, known: np.ndarray,
                     params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.data import require_columns
 from serving.errors import InvalidInput
 from serving.protocol.codec import TensorSpec
-from serving.tasks.base import Dataset, Evaluation, Step, Task
+from serving.tasks.base import Dataset, Evaluation, PostprocessContext, Task
 
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 PAD, OOV = 0, 1
@@ -109,9 +109,11 @@ class SentimentTask(Task):
     Record = Headline
     input_spec = TensorSpec("text", "BYTES", (-1,), "UTF-8 text, one headline per example")
     output_specs = (
-        TensorSpec("probabilities", "FP32", (-1, len(LABELS)), "negative, neutral, positive"),
-        TensorSpec("label", "BYTES", (-1,), "the most probable label"),
+        TensorSpec("probabilities", "FP32", (-1, len(LABELS)), "negative, neutral, positive",
+                   role="score"),
+        TensorSpec("label", "BYTES", (-1,), "the most probable label", role="decision"),
     )
+    runtime_caches = ("_index",)  # lookup indexes over the stored lists
     default_epochs = 3
     batch_size = 64
     default_options: ClassVar[dict[str, Any]] = {}
@@ -156,9 +158,8 @@ class SentimentTask(Task):
         }
 
     def preprocess(self, raw: np.ndarray, params: dict[str, Any]) -> np.ndarray:
-        index = params.get("_index")
-        if index is None:  # built once per params object and cached on it
-            index = params["_index"] = {t: i + 2 for i, t in enumerate(params["vocabulary"])}
+        index = self.cached(params, "_index",
+                            lambda: {t: i + 2 for i, t in enumerate(params["vocabulary"])})
         max_len = params["max_len"]
         out = np.zeros((len(raw), max_len), dtype=np.int32)
         for row, text in enumerate(raw):
@@ -182,9 +183,10 @@ class SentimentTask(Task):
         )
         return model
 
-    def postprocess(self, outputs: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
+    def postprocess(self, outputs: dict[str, np.ndarray],
+                    ctx: PostprocessContext) -> dict[str, np.ndarray]:
         probs = outputs["scores"].astype(np.float32)
-        labels = np.array(step.params["labels"], dtype=object)[probs.argmax(axis=1)]
+        labels = np.array(ctx.fit_params["labels"], dtype=object)[probs.argmax(axis=1)]
         return {"probabilities": probs, "label": labels}
 
     def evaluate(self, holdout: Dataset, outputs: dict[str, np.ndarray],

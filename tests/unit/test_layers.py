@@ -97,7 +97,7 @@ def test_a_lost_replica_is_recognised_through_serve_wrapping():
     from ray.exceptions import ActorDiedError
     from ray.serve.exceptions import RayServeException
 
-    from deployments.gateway import _replica_lost
+    from deployments.placements import replica_lost
 
     try:
         try:
@@ -105,8 +105,8 @@ def test_a_lost_replica_is_recognised_through_serve_wrapping():
         except ActorDiedError as died:
             raise RayServeException("upstream actor died") from died
     except RayServeException as wrapped:
-        assert _replica_lost(wrapped)
-    assert not _replica_lost(ValueError("bad input"))
+        assert replica_lost(wrapped)
+    assert not replica_lost(ValueError("bad input"))
 
 
 @pytest.mark.parametrize(

@@ -159,12 +159,25 @@ def test_v2_and_v1_batches_are_counted_before_their_data_is_converted():
 
 
 def test_task_route_records_are_counted_before_any_is_validated():
-    from pydantic import create_model
+    from serving.protocol.task_route import task_request
 
     task = get_task("fraud")
-    batch = create_model("Batch", __validators__=dataplane.records_limit(64),
-                         records=(list[task.Record], ...))
+    batch = task_request(task, 64)
     with pytest.raises(PayloadTooLarge, match=OVER_LIMIT):
         batch.model_validate({"records": [{"amount": "ten"}] * 65})
     with pytest.raises(ValidationError, match="amount"):
         batch.model_validate({"records": [{"amount": "ten"}] * 64})
+
+
+def test_task_route_parameters_are_validated_with_the_body_and_defaulted():
+    from serving.protocol.task_route import request_params, task_request
+
+    task = get_task("forecast")
+    body = task_request(task, 64)
+    record = {"prices": [100.0 + i for i in range(30)]}
+    parsed = body.model_validate({"records": [record], "parameters": {"horizon": 3}})
+    assert request_params(task, parsed) == {"horizon": 3}
+    assert request_params(task, body.model_validate({"records": [record]})) == \
+        task.request_params(None)
+    with pytest.raises(ValidationError, match="horizon"):
+        body.model_validate({"records": [record], "parameters": {"horizon": 0}})

@@ -13,7 +13,7 @@ from serving import audit
 from serving.dataplane import decode_v2, rows
 from serving.protocol.v2 import InferenceRequest
 from serving.replay import replay
-from serving.runtime import Batch, ModelRunner, TaskSteps
+from serving.runtime import Batch, ModelRunner, TaskProcessing
 from serving.tasks import get_task
 from tests.conftest import golden
 
@@ -22,7 +22,7 @@ def _answer(store: Any, version: str) -> tuple[np.ndarray, dict[str, np.ndarray]
     """Fraud's raw golden batch and the outputs the pipeline gives it, in process."""
     task = get_task("fraud")
     raw = decode_v2(InferenceRequest.model_validate(golden("fraud_v2_request.json")), task)
-    steps = TaskSteps(store, "fraud", "fraud", [version])
+    steps = TaskProcessing(store, "fraud", "fraud", [version])
     runner = ModelRunner(store, "fraud", "fraud", [version])
     runner.load_all()
     batch = steps.preprocess(version, raw)

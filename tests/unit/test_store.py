@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from serving.errors import ModelNotFound, VersionExists, VersionNotFound
-from serving.runtime import ModelRunner, TaskSteps
+from serving.runtime import ModelRunner, TaskProcessing
 from serving.store import (
     MANIFEST,
     IntegrityError,
@@ -200,7 +200,7 @@ def test_edited_preprocessing_parameters_are_refused_by_both_stages(tiny_store, 
     _edit_manifest(store, edit)
     named = "'preprocessing' does not match its preprocessing_sha256"
     _refused(store, named, caplog)
-    steps = TaskSteps(store, "fraud", "fraud", ["1"])  # preloading logs it, does not raise
+    steps = TaskProcessing(store, "fraud", "fraud", ["1"])  # preloading logs it, does not raise
     with pytest.raises(IntegrityError, match=named):
         steps.preprocess("1", get_task("fraud").sample_data(seed=1, n=2).raw)
 
@@ -231,7 +231,7 @@ def test_verification_runs_when_a_version_loads_not_per_request(tiny_store, tmp_
     runner = ModelRunner(store, "fraud", "fraud", ["1"], intra_op_threads=1)
     runner.load_all()
     verified = runner.artifact_sha256("1")
-    x = TaskSteps(store, "fraud", "fraud", ["1"]).preprocess(
+    x = TaskProcessing(store, "fraud", "fraud", ["1"]).preprocess(
         "1", get_task("fraud").sample_data(seed=2, n=4).raw).data
     before = runner.predict_batch([("1", x)])[0]["scores"]
     _flip_byte(Path(store.root) / "fraud" / "1" / VARIABLES)

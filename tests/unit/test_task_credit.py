@@ -5,9 +5,9 @@ import pytest
 from pydantic import ValidationError
 
 from serving.errors import InvalidInput
-from serving.runtime import ModelRunner, TaskSteps
+from serving.runtime import ModelRunner, TaskProcessing
 from serving.store import ModelStore
-from serving.tasks import Step, get_task
+from serving.tasks import PostprocessContext, get_task
 from serving.tasks.credit import COLUMNS, FEATURES, MAX_REASONS, REASONS, Applicant
 from serving.training import train
 
@@ -26,7 +26,7 @@ def credit(tmp_path_factory):
     train("credit", store, samples=12000, epochs=8, seed=0)
     runner = ModelRunner(store, "credit", "credit", ["1"])
     runner.load_all()
-    return store, runner, TaskSteps(store, "credit", "credit", ["1"])
+    return store, runner, TaskProcessing(store, "credit", "credit", ["1"])
 
 
 def _answer(credit, records):
@@ -73,7 +73,7 @@ def test_decisions_and_grades_follow_thresholds():
     task = get_task("credit")
     p = np.array([[0.02], [0.15], [0.5]], np.float32)
     out = task.postprocess({"scores": p, "attributions": np.zeros((3, len(COLUMNS)))},
-                           Step({}, task.options(None)))
+                           PostprocessContext({}, task.options(None)))
     assert out["decision"].tolist() == ["approve", "review", "decline"]
     assert out["grade"].tolist() == ["A", "C", "E"]
     assert out["reason_codes"].shape == (3, MAX_REASONS)

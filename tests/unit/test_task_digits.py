@@ -18,7 +18,7 @@ from serving import dataplane
 from serving.errors import InvalidInput, RequestTimeout
 from serving.protocol.v1 import PredictRequest
 from serving.protocol.v2 import InferenceRequest
-from serving.tasks import Step, get_task
+from serving.tasks import PostprocessContext, get_task
 from serving.tasks.digits import (
     MAX_PNG_BASE64_CHARS,
     MAX_PNG_SIDE,
@@ -262,7 +262,7 @@ def _scores(digits, confidence):
 
 
 def test_postprocess_reads_digit_confidence_and_probabilities():
-    out = TASK.postprocess(_scores([1, 2, 5, 0], [0.99, 0.97, 0.9, 0.95]), Step({}))
+    out = TASK.postprocess(_scores([1, 2, 5, 0], [0.99, 0.97, 0.9, 0.95]), PostprocessContext({}))
     assert out["digit"].dtype == np.int64 and out["digit"].tolist() == [1, 2, 5, 0]
     np.testing.assert_allclose(out["confidence"], [0.99, 0.97, 0.9, 0.95], rtol=1e-6)
     assert out["probabilities"].shape == (4, 10)
@@ -272,16 +272,16 @@ def test_postprocess_reads_digit_confidence_and_probabilities():
 def test_summary_reads_the_amount_and_flags_low_confidence():
     options = TASK.options(None)
     assert options == {"review_confidence": REVIEW_CONFIDENCE}
-    sure = TASK.postprocess(_scores([1, 2, 5, 0], [0.99, 0.97, 0.9, 0.95]), Step({}))
-    assert TASK.summarize(sure, Step({}, options)) == {
+    sure = TASK.postprocess(_scores([1, 2, 5, 0], [0.99, 0.97, 0.9, 0.95]), PostprocessContext({}))
+    assert TASK.summarize(sure, PostprocessContext({}, options)) == {
         "amount": "1250", "confidence": pytest.approx(0.9), "needs_review": False}
-    unsure = TASK.postprocess(_scores([0, 7, 0], [0.99, 0.55, 0.98]), Step({}))
-    summary = TASK.summarize(unsure, Step({}, options))
+    unsure = TASK.postprocess(_scores([0, 7, 0], [0.99, 0.55, 0.98]), PostprocessContext({}))
+    summary = TASK.summarize(unsure, PostprocessContext({}, options))
     assert summary["amount"] == "070" and summary["needs_review"] is True  # leading zero kept
     assert summary["confidence"] == pytest.approx(0.55)
     lenient = TASK.options({"review_confidence": 0.5})
-    assert TASK.summarize(unsure, Step({}, lenient))["needs_review"] is False
-    assert TASK.summarize(unsure, Step({}))["needs_review"] is True  # module default
+    assert TASK.summarize(unsure, PostprocessContext({}, lenient))["needs_review"] is False
+    assert TASK.summarize(unsure, PostprocessContext({}))["needs_review"] is True  # module default
     with pytest.raises(ValueError, match="unknown postprocess option"):
         TASK.options({"threshold": 0.5})
 
@@ -308,10 +308,10 @@ def test_trained_model_beats_the_bar_and_the_majority_class(digits_store):
 
 
 def test_reads_an_amount_from_pngs_end_to_end(digits_store):
-    from serving.runtime import ModelRunner, TaskSteps
+    from serving.runtime import ModelRunner, TaskProcessing
 
     versions = digits_store.versions("digits")
-    steps = TaskSteps(digits_store, "digits", "digits", versions)
+    steps = TaskProcessing(digits_store, "digits", "digits", versions)
     runner = ModelRunner(digits_store, "digits", "digits", versions, intra_op_threads=1)
     runner.load_all()
     version = versions[0]
@@ -332,7 +332,7 @@ def test_reads_an_amount_from_pngs_end_to_end(digits_store):
     chosen = [int(np.flatnonzero((holdout.target == d) & (direct == d))[0]) for d in (1, 2, 5, 0)]
     records = [DigitImage(png_base64=_b64(_png(holdout.raw[i], size=64))) for i in chosen]
     answers = read(dataplane.decode_records(records, TASK))
-    summary = TASK.summarize(answers, Step({}, steps.options))
+    summary = TASK.summarize(answers, PostprocessContext({}, steps.options))
     assert summary["amount"] == "1250"
     assert summary["confidence"] == pytest.approx(float(answers["confidence"].min()), abs=1e-6)
     assert summary["needs_review"] == bool((answers["confidence"] < REVIEW_CONFIDENCE).any())

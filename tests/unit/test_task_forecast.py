@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving.errors import InvalidInput
-from serving.tasks import Step, get_task
+from serving.tasks import PostprocessContext, get_task
 from serving.tasks.forecast import (
     DEFAULT_HORIZON,
     MAX_HORIZON,
@@ -70,13 +70,13 @@ def test_raw_checks_shape_sign_range_and_finiteness(task):
 
 # --- parameters --------------------------------------------------------------------------
 def test_horizon_parameter_defaults_and_bounds(task):
-    assert task.parameters(None) == {"horizon": DEFAULT_HORIZON}
-    assert task.parameters({"horizon": MAX_HORIZON}) == {"horizon": MAX_HORIZON}
+    assert task.request_params(None) == {"horizon": DEFAULT_HORIZON}
+    assert task.request_params({"horizon": MAX_HORIZON}) == {"horizon": MAX_HORIZON}
     for bad in (0, MAX_HORIZON + 1, -3, 2.5, "soon"):
         with pytest.raises(InvalidInput, match=r"parameters\.horizon"):
-            task.parameters({"horizon": bad})
+            task.request_params({"horizon": bad})
     with pytest.raises(InvalidInput, match=r"parameters\.horizn"):
-        task.parameters({"horizn": 3})
+        task.request_params({"horizn": 3})
 
 
 # --- preprocessing -----------------------------------------------------------------------
@@ -98,7 +98,7 @@ def test_preprocess_shape_scale_invariance_and_context(task):
 # --- postprocessing ----------------------------------------------------------------------
 def _step(last, horizon=None, scale=0.02):
     parameters = {} if horizon is None else {"horizon": horizon}
-    return Step({"return_scale": scale}, {}, parameters,
+    return PostprocessContext({"return_scale": scale}, {}, parameters,
                 {"last_price": np.asarray(last, np.float32)})
 
 
@@ -227,7 +227,7 @@ def test_evaluation_against_naive_and_drift(task):
 
 # --- lifecycle: export, load, serve ------------------------------------------------------------
 def test_exported_model_serves_an_ordered_band(tmp_path):
-    from serving.runtime import ModelRunner, TaskSteps
+    from serving.runtime import ModelRunner, TaskProcessing
     from serving.store import ModelStore
     from serving.training import train
 
@@ -236,13 +236,13 @@ def test_exported_model_serves_an_ordered_band(tmp_path):
     assert manifest.metrics["metric"] == "mape_h5" and manifest.training_data["holdout_rows"] == 400
     runner = ModelRunner(store, "forecast", "forecast", ["1"], intra_op_threads=1)
     runner.load_all()
-    steps = TaskSteps(store, "forecast", "forecast", ["1"])
+    steps = TaskProcessing(store, "forecast", "forecast", ["1"])
     task = get_task("forecast")
     raw = task.check_raw(task.records_to_raw([PriceWindow(prices=_prices()),
                                               PriceWindow(prices=_prices(start=7.0))]))
     batch = steps.preprocess("1", raw)
     batch.data = runner.predict_batch([("1", batch.data)])[0]
-    out = steps.postprocess("1", batch, task.parameters({"horizon": 7}))
+    out = steps.postprocess("1", batch, task.request_params({"horizon": 7}))
     assert out["forecast"].shape == (2, 7)
     assert (out["lower"] <= out["forecast"]).all() and (out["forecast"] <= out["upper"]).all()
     assert 50 < out["forecast"][0, 0] < 200 and 3 < out["forecast"][1, 0] < 14

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving.errors import InvalidInput
-from serving.tasks import Dataset, Step, get_task
+from serving.tasks import Dataset, PostprocessContext, get_task
 from serving.tasks.recommend import CATALOG, PRODUCTS, TOP_K, Customer, generate
 
 
@@ -29,8 +29,9 @@ def _answer(task, params, customers, scores=None, **parameters):
     if scores is None:  # a model preferring later catalog entries
         scores = np.tile(np.linspace(1, 2, len(PRODUCTS)), (len(raw), 1))
         scores /= scores.sum(axis=1, keepdims=True)
-    step = Step(params, {}, task.parameters(parameters), task.context(raw, params))
-    return x, task.postprocess({"scores": np.asarray(scores, np.float32)}, step)
+    ctx = PostprocessContext(params, {}, task.request_params(parameters),
+                             task.context(raw, params))
+    return x, task.postprocess({"scores": np.asarray(scores, np.float32)}, ctx)
 
 
 # --- schema and raw checks -------------------------------------------------------------
@@ -61,13 +62,13 @@ def test_raw_checks(task):
 
 # --- parameters --------------------------------------------------------------------------
 def test_k_parameter_defaults_and_bounds(task):
-    assert task.parameters(None) == {"k": TOP_K}
-    assert task.parameters({"k": len(CATALOG)}) == {"k": len(CATALOG)}
+    assert task.request_params(None) == {"k": TOP_K}
+    assert task.request_params({"k": len(CATALOG)}) == {"k": len(CATALOG)}
     for bad in (0, -1, len(CATALOG) + 1, 1.5, "all"):
         with pytest.raises(InvalidInput, match=r"parameters\.k"):
-            task.parameters({"k": bad})
+            task.request_params({"k": bad})
     with pytest.raises(InvalidInput, match=r"parameters\.top"):
-        task.parameters({"top": 3})
+        task.request_params({"top": 3})
 
 
 # --- postprocessing ----------------------------------------------------------------------
@@ -170,7 +171,7 @@ def test_user_csv_loader(task, tmp_path):
 
 # --- a trained model ------------------------------------------------------------------------
 def test_trained_model_beats_popularity_and_serves_end_to_end(tmp_path):
-    from serving.runtime import ModelRunner, TaskSteps
+    from serving.runtime import ModelRunner, TaskProcessing
     from serving.store import ModelStore
     from serving.training import train
 
@@ -184,13 +185,13 @@ def test_trained_model_beats_popularity_and_serves_end_to_end(tmp_path):
 
     runner = ModelRunner(store, "recommend", "recommend", ["1"], intra_op_threads=1)
     runner.load_all()
-    steps = TaskSteps(store, "recommend", "recommend", ["1"])
+    steps = TaskProcessing(store, "recommend", "recommend", ["1"])
     task = get_task("recommend")
     customer = params["customers"][0]
     held = {p for j, p in enumerate(params["products"]) if params["holdings"][0] >> j & 1}
     batch = steps.preprocess("1", task.check_raw(np.array([customer, "nobody"], dtype=object)))
     batch.data = runner.predict_batch([("1", batch.data)])[0]
-    out = steps.postprocess("1", batch, task.parameters({"k": 3}))
+    out = steps.postprocess("1", batch, task.request_params({"k": 3}))
     assert out["products"].shape == (2, 3) and out["cold_start"].tolist() == [False, True]
     assert not set(out["products"][0]) & held
     popular = [params["products"][j] for j in np.argsort(-np.array(params["popularity"]))[:3]]

@@ -3,7 +3,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving.errors import InvalidInput
-from serving.tasks import TASKS, Step, get_task
+from serving.tasks import TASKS, PostprocessContext, get_task
 from serving.tasks._domain import record_domain
 from serving.tasks.fraud import FEATURES, Transaction
 from serving.tasks.sentiment import LABELS, OOV, tokenize
@@ -29,6 +29,31 @@ def test_preprocessing_is_fit_on_train_and_shapes_the_model_input(name):
     x = task.preprocess(task.check_raw(holdout.raw), params)
     assert x.shape == (100, params["input_width"])
     assert np.isfinite(x.astype(np.float64)).all()
+
+
+@pytest.mark.parametrize("name", ["credit", "digits", "forecast", "fraud", "recommend",
+                                  "sentiment"])
+def test_every_output_declares_its_role(name):
+    task = get_task(name)
+    assert all(spec.role for spec in task.output_specs)
+    assert len(task.outputs_with("decision")) <= 1
+
+
+def test_decisions_are_found_by_role_not_by_name():
+    assert get_task("fraud").outputs_with("decision") == ("decision",)
+    assert get_task("sentiment").outputs_with("decision") == ("label",)
+    assert get_task("digits").outputs_with("decision") == ("digit",)
+    assert get_task("forecast").outputs_with("decision") == ()
+
+
+def test_runtime_caches_are_declared_built_once_and_never_stored():
+    task = get_task("sentiment")
+    params = {"vocabulary": ["a"]}
+    built = task.cached(params, "_index", lambda: {"a": 2})
+    assert task.cached(params, "_index", lambda: {}) is built
+    assert task.stored_params(params) == {"vocabulary": ["a"]}
+    with pytest.raises(KeyError, match="no runtime cache"):
+        task.cached(params, "_other", dict)
 
 
 def test_unknown_task_lists_the_known_ones():
@@ -77,7 +102,7 @@ def test_fraud_decisions_follow_the_configured_thresholds():
     task = get_task("fraud")
     options = task.options({"review_threshold": 0.3, "block_threshold": 0.7})
     out = task.postprocess({"scores": np.array([[0.1], [0.5], [0.9]], np.float32)},
-                           Step({}, options))
+                           PostprocessContext({}, options))
     assert out["decision"].tolist() == ["approve", "review", "block"]
     with pytest.raises(ValueError, match="unknown postprocess option"):
         task.options({"block": 1})
@@ -113,7 +138,7 @@ def test_sentiment_rejects_empty_and_overlong_text():
 def test_sentiment_labels_are_the_argmax():
     task = get_task("sentiment")
     out = task.postprocess({"scores": np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)},
-                           Step({"labels": list(LABELS)}))
+                           PostprocessContext({"labels": list(LABELS)}))
     assert out["label"].tolist() == ["negative", "positive"]
 
 

@@ -6,7 +6,7 @@ import pytest
 from serving import __version__
 from serving.config import default_model_names
 from serving.errors import ModelNotReady, VersionNotFound
-from serving.runtime import ModelRunner, TaskSteps
+from serving.runtime import ModelRunner, TaskProcessing
 from serving.store import params_digest
 from serving.tasks import get_task
 from serving.training import load_signature
@@ -50,7 +50,7 @@ def _runner(store, model, versions):
 
 def test_batch_function_groups_by_version_and_matches_direct_calls(tiny_store):
     runner = _runner(tiny_store, "fraud", ["1", "2"])
-    steps = TaskSteps(tiny_store, "fraud", "fraud", ["1", "2"])
+    steps = TaskProcessing(tiny_store, "fraud", "fraud", ["1", "2"])
     raw = get_task("fraud").sample_data(seed=9, n=7).raw
     requests = [("1", steps.preprocess("1", raw[:3]).data),
                 ("2", steps.preprocess("2", raw[3:4]).data),
@@ -83,7 +83,7 @@ def test_fraud_reviews_and_blocks_carry_reasons_from_the_served_model(tiny_store
     from serving.tasks.fraud import REASONS
 
     runner = _runner(tiny_store, "fraud", ["2"])
-    steps = TaskSteps(tiny_store, "fraud", "fraud", ["2"])
+    steps = TaskProcessing(tiny_store, "fraud", "fraud", ["2"])
     ordinary = [24.5, 14, 0.1, 3.2, 0, 1, 0, 1500, 0.9]
     risky = [950.0, 3, 0.9, 1200.0, 6, 0, 1, 20, 7.5]
     batch = steps.preprocess("2", np.array([ordinary, risky], np.float32))
@@ -105,7 +105,7 @@ def test_a_serving_process_loads_and_calls_every_model_without_importing_keras(t
 
     script = f"""
 import sys
-from serving.runtime import ModelRunner, TaskSteps, import_tensorflow
+from serving.runtime import ModelRunner, TaskProcessing, import_tensorflow
 from serving.store import ModelStore
 from serving.tasks import get_task
 import_tensorflow()
@@ -114,7 +114,7 @@ store = ModelStore({str(tiny_store.root)!r})
 for name in {sorted(default_model_names())!r}:
     runner = ModelRunner(store, name, name, ["1"])
     runner.load_all()
-    batch = TaskSteps(store, name, name, ["1"]).preprocess(
+    batch = TaskProcessing(store, name, name, ["1"]).preprocess(
         "1", get_task(name).sample_data(seed=5, n=8).raw)
     for key, values in sorted(runner.predict_batch([("1", batch.data)])[0].items()):
         print(name, key, values.round(5).tolist())

@@ -1,0 +1,71 @@
+"""A served model as the gateway sees it: its task, its placement and version routing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from deployments.placements import Placement
+from serving import dataplane
+from serving.config import ModelSettings
+from serving.errors import VersionNotFound
+from serving.protocol.codec import TensorSpec
+from serving.protocol.v2 import MetadataTensor, ModelMetadata
+from serving.tasks import Task
+from serving.traffic import choose_version
+
+
+@dataclass
+class Served:
+    """One model: what it runs (``task``, ``placement``) and which versions answer."""
+
+    settings: ModelSettings
+    task: Task
+    placement: Placement
+    versions: list[str] = field(default_factory=list)
+    traffic: dict[str, int] | None = None
+    shadow: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.task.options(self.settings.options)
+
+    @property
+    def pinnable(self) -> list[str]:
+        return list(dict.fromkeys([*self.versions, *(self.traffic or {})]))
+
+    def version(self, requested: str | None, routing_key: str | None = None) -> str:
+        """The pinned version, else the traffic split's pick, else the default."""
+        if requested is None:
+            if self.traffic:
+                return choose_version(self.traffic, routing_key)
+            return self.versions[0]
+        dataplane.parse_version(requested)
+        if requested not in self.pinnable:
+            raise VersionNotFound(self.name, requested, self.pinnable)
+        return requested
+
+    def route(self, versions: list[str], traffic: dict[str, int] | None,
+              shadow: str | None) -> None:
+        """Take new routing and ask the stages to load every routed version before traffic
+        reaches it."""
+        self.versions, self.traffic, self.shadow = versions, traffic, shadow
+        self.placement.preload(list(dict.fromkeys(
+            [*self.pinnable, *([self.shadow] if self.shadow else [])])))
+
+    def metadata(self) -> ModelMetadata:
+        return ModelMetadata(
+            name=self.name,
+            versions=self.pinnable,
+            inputs=[_tensor(self.task.input_spec)],
+            outputs=[_tensor(s) for s in self.task.output_specs],
+            parameters={"task": self.task.name, "default_version": self.versions[0]},
+        )
+
+
+def _tensor(spec: TensorSpec) -> MetadataTensor:
+    return MetadataTensor(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))

@@ -1,0 +1,81 @@
+"""The gateway's class outside Serve, every model placed in it (``InGateway``): its routes
+answer through the placement, and the decision and the shadow answer are recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving.audit import read_records
+
+GOLDEN = Path(__file__).parents[1] / "testdata"
+
+
+@pytest.fixture
+def gateway(tiny_store, tmp_path, monkeypatch):
+    from ray.serve import batching
+
+    from deployments.gateway import Gateway
+
+    # @serve.batch checks its replica's max_ongoing_requests, and there is no replica here
+    monkeypatch.setattr(batching._BatchQueue,
+                        "_warn_if_max_batch_size_exceeds_max_ongoing_requests",
+                        lambda self: None)
+    cls = next(c for c in Gateway.func_or_class.__mro__
+               if "__serve_build_asgi_app__" in c.__dict__)
+    args = {"store_uri": str(tiny_store.root),
+            "audit": {"location": str(tmp_path / "trail"), "keys_dir": str(tmp_path / "k")},
+            "models": [{"name": "fraud"}, {"name": "forecast"}]}
+    gateway = cls.__new__(cls)
+    cls.__init__(gateway, args, {"fraud": {}, "forecast": {}})
+    gateway.reconfigure({"models": {"fraud": {"versions": ["2"], "shadow": "3"}}})
+    return gateway, tmp_path / "trail"
+
+
+def _post(app, *requests: tuple[str, dict]) -> list[httpx.Response]:
+    """POST each (path, body) in turn, on one event loop (the batch queues' own)."""
+    async def go() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            responses = [await client.post(path, json=body) for path, body in requests]
+            await asyncio.sleep(0.5)  # the shadow answers, in the background
+            return responses
+    return asyncio.run(go())
+
+
+def _golden(name: str) -> dict:
+    return json.loads((GOLDEN / name).read_text())
+
+
+def test_every_protocol_answers_through_the_placement_and_is_recorded(gateway):
+    gw, trail = gateway
+    app = gw.__serve_build_asgi_app__()
+    task, v2, v1 = _post(app, ("/v1/fraud/score", _golden("fraud_task_request.json")),
+                         ("/v2/models/fraud/infer", _golden("fraud_v2_request.json")),
+                         ("/v1/models/fraud:predict", _golden("fraud_v1_request.json")))
+    assert task.status_code == 200, task.text
+    assert task.json()["version"] == "2" and task.headers["x-decision-id"]
+    assert v2.status_code == 200 and v2.json()["model_version"] == "2"
+    assert v1.status_code == 200
+    decisions = list(read_records(str(trail)))
+    assert [r["route"] for r in decisions] == ["task", "v2", "v1"]
+    shadows = list(read_records(str(trail), kind="shadow"))
+    assert shadows and {s["task"] for s in shadows} == {"fraud"}
+    assert {s["challenger"] for s in shadows} == {"3"}
+
+
+def test_task_route_parameters_are_validated_once_with_defaults(gateway):
+    gw, trail = gateway
+    app = gw.__serve_build_asgi_app__()
+    body = _golden("forecast_task_request.json")
+    bad, ok = _post(app, ("/v1/forecast/forecast", {**body, "parameters": {"horizon": 0}}),
+                    ("/v1/forecast/forecast", {**body, "parameters": {"horizon": 2}}))
+    assert bad.status_code == 422
+    assert ok.status_code == 200, ok.text
+    assert len(ok.json()["results"][0]["forecast"]) == 2
+    recorded = list(read_records(str(trail)))
+    assert recorded[-1]["parameters"] == {"horizon": 2}
