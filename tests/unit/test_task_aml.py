@@ -9,7 +9,6 @@ from serving.errors import InvalidInput
 from serving.runtime import ModelRunner, TaskProcessing
 from serving.store import ModelStore
 from serving.tasks import PostprocessContext, get_task
-from serving.tasks._domain import record_domain
 from serving.tasks.aml import (
     COLUMNS,
     CUSTOMER_TYPES,
@@ -21,7 +20,6 @@ from serving.tasks.aml import (
     rules_alert,
 )
 from serving.training import train
-from tests.unit.test_tasks import _outside
 
 CUSTOMER = {
     "total_in": 4200, "total_out": 3900, "transaction_count": 32, "max_daily_transactions": 3,
@@ -75,25 +73,6 @@ def test_records_follow_the_documented_column_order():
     assert raw[0, FEATURES.index("near_threshold_count")] == 4
 
 
-def test_the_raw_batch_refuses_what_the_record_refuses():
-    """Each value the record refuses on the task route, V2 and V1 refuse too."""
-    task = get_task("aml")
-    good = task.records_to_raw([CustomerActivity(**CUSTOMER)])
-    task.check_raw(good)
-    bounds = record_domain(CustomerActivity, FEATURES).bounds
-    assert len(bounds) == task.input_spec.shape[-1]
-    for column, bound in enumerate(bounds):
-        for value in _outside(bound):
-            raw = good.copy()
-            raw[0, column] = value
-            with pytest.raises(InvalidInput, match=f"^{bound.name} must be .*; got "):
-                task.check_raw(raw)
-            if bound.kind != "category":  # the record takes the category's name
-                with pytest.raises(ValidationError):
-                    CustomerActivity(**{**CUSTOMER, bound.name: value})
-
-
-# --- data and the rules -----------------------------------------------------------------
 def test_generator_has_a_realistic_base_rate_and_the_rules_miss_much_of_it():
     data = get_task("aml").sample_data(seed=0, n=20_000)
     y = data.target.astype(bool)
