@@ -192,7 +192,14 @@ def test_finserve_serve_answers_behind_haproxy_set_up_as_measured(served):
     assert r.status_code == 200 and r.json()["model"] == "fraud"
     assert served.haproxies(), "no HAProxy serves the port"
     assert httpx.get(f"{served.url}/-/healthz", timeout=10).status_code == 200
-    config = haproxy_config(served.haproxies())
+
+    def patched() -> str | None:
+        """The running HAProxy's config: Ray rewrites the file before a reload and the
+        launcher patches it before the new HAProxy starts, so read it once patched."""
+        config = haproxy_config(served.haproxies())
+        return config if PATCH_MARK in config else None
+
+    config = wait_for(patched, timeout=30)
     assert re.search(r"^\s*nbthread (\d+)$", config, re.M).group(1) == haproxy_tuning()[
         "RAY_SERVE_HAPROXY_NBTHREAD"]
     assert "metrics.sock" not in config

@@ -99,7 +99,13 @@ def test_replica_logs_are_json_lines_carrying_the_request_id(client):
                     found.append(json.loads(line))  # every line is one JSON object
         return found
 
-    found = wait_for(lines, timeout=30)
+    def with_access_line() -> list[dict]:
+        """The lines, once the gateway's access line is among them (written after the
+        answer, so it may come a little after the others)."""
+        found = lines()
+        return found if any(e.get("route") == "/v1/fraud/score" for e in found) else []
+
+    found = wait_for(with_access_line, timeout=30)
     assert {entry["request_id"] for entry in found} == {rid}
     assert {"message", "levelname", "deployment", "replica"} <= set(found[0])
     access = [e for e in found if e["deployment"] == "finserve_gateway"
