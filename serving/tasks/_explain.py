@@ -9,7 +9,17 @@ from typing import Any
 
 import numpy as np
 
+from serving.protocol.codec import TensorSpec
+
 IG_STEPS = 32
+
+
+def reason_outputs(max_reasons: int, codes_doc: str) -> tuple[TensorSpec, TensorSpec]:
+    """The ranked reason codes and their statements, as a task with reason codes declares
+    them; the statements follow from the codes (list "reasons" in ``derived_outputs``)."""
+    return (TensorSpec("reason_codes", "BYTES", (-1, max_reasons), codes_doc, role="reason"),
+            TensorSpec("reasons", "BYTES", (-1, max_reasons), "statements of the reason codes",
+                       role="reason"))
 
 
 def integrated_gradients(model: Any, reference: Sequence[float], steps: int = IG_STEPS) -> Any:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.data import require_columns
 from serving.protocol.codec import TensorSpec
-from serving.tasks._explain import integrated_gradients, rank_reasons
+from serving.tasks._explain import integrated_gradients, rank_reasons, reason_outputs
 from serving.tasks._layers import binary_mlp
 from serving.tasks.base import Dataset, Evaluation, PostprocessContext, Task
 
@@ -293,19 +293,14 @@ class AmlTask(Task):
         TensorSpec("suspicion_score", "FP32", (-1,), "probability the activity is suspicious",
                    role="score"),
         TensorSpec("decision", "BYTES", (-1,), "alert, review or clear", role="decision"),
-        TensorSpec("reason_codes", "BYTES", (-1, MAX_REASONS), "for alert and review; '' pads",
-                   role="reason"),
-        TensorSpec("reasons", "BYTES", (-1, MAX_REASONS), "statements of the reason codes",
-                   role="reason"),
+        *reason_outputs(MAX_REASONS, "for alert and review; '' pads"),
     )
-    derived_outputs = ("reasons",)  # REASONS[code]: recorded once, as the codes
+    derived_outputs = ("reasons",)
     default_epochs = 10
     batch_size = 256
     default_options: ClassVar[dict[str, Any]] = {"review_threshold": 0.1, "alert_threshold": 0.4}
     samples = 40_000
-
-    def sample_data(self, seed: int = 0, n: int | None = None) -> Dataset:
-        return generate(n or self.samples, seed)
+    generate = staticmethod(generate)
 
     def dataset_from_columns(self, columns: dict[str, list[Any]]) -> Dataset:
         """The thirteen feature columns (customer_type by name or index) and ``suspicious``

@@ -112,9 +112,18 @@ class Task(abc.ABC):
     runtime_caches: ClassVar[tuple[str, ...]] = ()
 
     # --- data -------------------------------------------------------------------------
-    @abc.abstractmethod
+    #: how many examples the built-in data has by default
+    samples: ClassVar[int] = 0
+
+    @staticmethod
+    def generate(n: int, seed: int) -> Dataset:
+        """The task's seeded generator of ``n`` examples (a task with real data a package
+        ships overrides ``sample_data`` instead)."""
+        raise NotImplementedError
+
     def sample_data(self, seed: int = 0, n: int | None = None) -> Dataset:
-        """The built-in training data (real data a package ships, or a seeded generator)."""
+        """The built-in training data: ``generate`` ``n`` (default ``samples``) examples."""
+        return self.generate(n or self.samples, seed)
 
     @abc.abstractmethod
     def dataset_from_columns(self, columns: dict[str, list[Any]]) -> Dataset:

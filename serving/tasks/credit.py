@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.data import require_columns
 from serving.protocol.codec import TensorSpec
-from serving.tasks._explain import integrated_gradients, rank_reasons
+from serving.tasks._explain import integrated_gradients, rank_reasons, reason_outputs
 from serving.tasks._layers import binary_mlp
 from serving.tasks.base import Dataset, Evaluation, PostprocessContext, Task
 
@@ -138,18 +138,14 @@ class CreditTask(Task):
         TensorSpec("default_probability", "FP32", (-1,), "probability of default", role="score"),
         TensorSpec("grade", "BYTES", (-1,), "risk grade A (best) to E", role="label"),
         TensorSpec("decision", "BYTES", (-1,), "approve, review or decline", role="decision"),
-        TensorSpec("reason_codes", "BYTES", (-1, MAX_REASONS), "ranked; '' pads", role="reason"),
-        TensorSpec("reasons", "BYTES", (-1, MAX_REASONS), "statements of the reason codes",
-                   role="reason"),
+        *reason_outputs(MAX_REASONS, "ranked; '' pads"),
     )
-    derived_outputs = ("reasons",)  # REASONS[code]: recorded once, as the codes
+    derived_outputs = ("reasons",)
     default_epochs = 10
     batch_size = 256
     default_options: ClassVar[dict[str, Any]] = {"approve_below": 0.10, "decline_at": 0.30}
     samples = 30_000
-
-    def sample_data(self, seed: int = 0, n: int | None = None) -> Dataset:
-        return generate(n or self.samples, seed)
+    generate = staticmethod(generate)
 
     def dataset_from_columns(self, columns: dict[str, list[Any]]) -> Dataset:
         require_columns(columns, [*FEATURES, "defaulted"])

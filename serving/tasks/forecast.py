@@ -165,11 +165,9 @@ class ForecastTask(Task):
     default_epochs = 15
     batch_size = 128
     samples = 24_000
+    generate = staticmethod(generate)
 
     # --- data -------------------------------------------------------------------------
-    def sample_data(self, seed: int = 0, n: int | None = None) -> Dataset:
-        return generate(n or self.samples, seed)
-
     def dataset_from_columns(self, columns: dict[str, list[Any]]) -> Dataset:
         """Columns ``date`` (sortable), ``price`` (> 0) and optional ``series`` (an id)."""
         require_columns(columns, ["date", "price"])

@@ -151,12 +151,10 @@ class RecommendTask(Task):
     default_epochs = 10
     batch_size = 128
     samples = 12_000
+    generate = staticmethod(generate)
     embedding_dim = 16
 
     # --- data -------------------------------------------------------------------------
-    def sample_data(self, seed: int = 0, n: int | None = None) -> Dataset:
-        return generate(n or self.samples, seed)
-
     def dataset_from_columns(self, columns: dict[str, list[Any]]) -> Dataset:
         """Columns ``customer_id`` and ``product_id`` (a catalog id), one row per holding."""
         require_columns(columns, ["customer_id", "product_id"])

@@ -118,11 +118,9 @@ class SentimentTask(Task):
     batch_size = 64
     default_options: ClassVar[dict[str, Any]] = {}
     samples = 8_000
+    generate = staticmethod(generate)
     max_len = 24
     vocab_size = 5_000
-
-    def sample_data(self, seed: int = 0, n: int | None = None) -> Dataset:
-        return generate(n or self.samples, seed)
 
     def dataset_from_columns(self, columns: dict[str, list[Any]]) -> Dataset:
         require_columns(columns, ["text", "label"])
