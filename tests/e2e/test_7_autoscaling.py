@@ -45,12 +45,13 @@ def autoscaling_values(tmp: Path, release: Release) -> Path:
     for m in models:
         if m["name"] == "sentiment":
             m["placement"] = "model-replicas"
-            m["model"].update(num_cpus=1, autoscaling={"min_replicas": 1, "max_replicas": 3,
-                                                       **FAST})
+            m.setdefault("model", {}).update(
+                num_cpus=1, autoscaling={"min_replicas": 1, "max_replicas": 3, **FAST})
         if m["name"] == "fraud":
             m["placement"] = "model-replicas"
-            m["model"].update(num_cpus=0.1, num_gpus=0.25,
-                              autoscaling={"min_replicas": 0, "max_replicas": 1, **FAST})
+            m.setdefault("model", {}).update(
+                num_cpus=0.1, num_gpus=0.25,
+                autoscaling={"min_replicas": 0, "max_replicas": 1, **FAST})
     values = {
         "serve": {"app": {"models": models}},
         "cpuWorker": {"maxReplicas": 2},
