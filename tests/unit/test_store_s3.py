@@ -121,3 +121,15 @@ def test_an_interrupted_download_is_never_served(tiny_store, s3, tmp_path):
     s3.server.fault = None
     np.testing.assert_array_equal(_scores(store), _scores(tiny_store))
     assert [p.name for p in versions.iterdir()] == ["1"]
+
+
+def test_an_upload_that_never_published_is_replaced_not_blocking(tiny_store, s3, tmp_path):
+    """Files of a version without its manifest (a publisher cut off) are not listed, and
+    publishing that version again replaces them rather than failing as 'already exists'."""
+    key = f"models/fraud/1/{SAVED_MODEL_DIR}/left-over.bin"
+    s3.server.client().put_object(Bucket=s3.bucket, Key=key, Body=b"half")
+    assert ModelStore(f"s3://{s3.bucket}/models").versions("fraud") == []
+    store = _upload(tiny_store, s3, tmp_path / "cache")
+    assert store.versions("fraud") == ["1"] and store.verify("fraud", "1")
+    listed = s3.server.client().list_objects_v2(Bucket=s3.bucket)["Contents"]
+    assert key not in {o["Key"] for o in listed}
