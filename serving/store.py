@@ -1,8 +1,14 @@
 """The model store: ``<root>/<model>/<version>/`` holding a SavedModel and its manifest.
 
-A version is immutable once written: it is staged under a temporary name and published
-by writing ``manifest.json`` last, so a reader never sees half a version. ``root`` is a
-local folder or any fsspec URI (``s3://bucket/models``, ``memory://``).
+A version is immutable once written and published by writing ``manifest.json`` last, so
+a reader never sees half a version: a local one is staged under a temporary name and
+renamed into place; on an object store (no rename) its files are uploaded in place, and a
+version without a manifest is not listed. ``root`` is a local folder or any fsspec URI
+(``s3://bucket/models``, ``memory://``). An ``s3://`` root is read with s3fs, which takes its
+endpoint (``AWS_ENDPOINT_URL``, for MinIO or Ceph) and credentials from the standard AWS
+variables, files or the pod's identity; tests run it against moto's S3 server
+(tests/s3.py). A store that cannot be read (credentials refused, no such bucket,
+unreachable) raises ``StoreUnavailable`` (HTTP 503) naming the store.
 
 A version is verified against its manifest whenever it is loaded (``ModelStore.verified``):
 each SavedModel file's sha256, the set of files, the tree digest ``artifact_sha256`` and
@@ -21,6 +27,8 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +38,13 @@ import fsspec
 from pydantic import BaseModel, Field
 
 from serving import __version__
-from serving.errors import ModelNotFound, ModelNotReady, VersionExists, VersionNotFound
+from serving.errors import (
+    FinServeError,
+    ModelNotFound,
+    ModelNotReady,
+    VersionExists,
+    VersionNotFound,
+)
 
 MANIFEST = "manifest.json"
 SAVED_MODEL_DIR = "saved_model"
@@ -42,6 +56,11 @@ class IntegrityError(ModelNotReady):
     """A stored version does not match its manifest, so it is refused (HTTP 503)."""
 
     headers = None  # no Retry-After: it stays refused until the store is repaired
+
+
+class StoreUnavailable(ModelNotReady):
+    """The store cannot be read (credentials refused, no such bucket, unreachable): HTTP
+    503, the message naming the store."""
 
 
 class Manifest(BaseModel):
@@ -171,30 +190,59 @@ class ModelStore:
     def _path(self, *parts: str) -> str:
         return "/".join([self._base, *parts])
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A failure to read the store (its client's error) as ``StoreUnavailable`` naming
+        the store, in one line."""
+        try:
+            yield
+        except FinServeError:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(f"model store {self.root} could not be read: "
+                                   f"{type(exc).__name__}: {exc}") from None
+
+    def _check_bucket(self) -> None:
+        """Raise ``StoreUnavailable`` when the root's bucket does not exist (object stores,
+        whose filesystems have ``split_path``); an empty store in a bucket is fine."""
+        split = getattr(self.fs, "split_path", None)
+        if split is None:
+            return
+        bucket = split(self._base)[0]
+        with self._reading():
+            found = self.fs.exists(bucket)
+        if not found:
+            raise StoreUnavailable(f"model store {self.root}: bucket '{bucket}' does not exist")
+
     # --- reading ----------------------------------------------------------------------
     def models(self) -> list[str]:
         """Names of models with at least one published version."""
-        if not self.fs.exists(self._base):
-            return []
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self._base, detail=False)]
+        with self._reading():
+            self.fs.invalidate_cache()  # listings change under other writers (s3fs caches)
+            if not self.fs.exists(self._base):
+                self._check_bucket()
+                return []
+            names = [p.rstrip("/").rsplit("/", 1)[-1]
+                     for p in self.fs.ls(self._base, detail=False)]
         return sorted(n for n in names if not n.startswith(".") and self.versions(n))
 
     def versions(self, model: str) -> list[str]:
         """Published versions of ``model``, oldest first."""
         base = self._path(model)
-        if not self.fs.exists(base):
-            return []
-        found = []
-        for entry in self.fs.ls(base, detail=False):
-            name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if name.isdigit() and self.fs.exists(self._path(model, name, MANIFEST)):
-                found.append(name)
+        with self._reading():
+            self.fs.invalidate_cache()  # listings change under other writers (s3fs caches)
+            if not self.fs.exists(base):
+                return []
+            found = [name for name in (e.rstrip("/").rsplit("/", 1)[-1]
+                                       for e in self.fs.ls(base, detail=False))
+                     if name.isdigit() and self.fs.exists(self._path(model, name, MANIFEST))]
         return sorted(found, key=int)
 
     def resolve(self, model: str, version: str | int = LATEST) -> str:
         """A concrete version: ``latest`` is the highest published one."""
         versions = self.versions(model)
         if not versions:
+            self._check_bucket()
             raise ModelNotFound(model)
         version = str(version)
         if version == LATEST:
@@ -207,8 +255,9 @@ class ModelStore:
         return self._read_manifest(model, self.resolve(model, version))
 
     def _read_manifest(self, model: str, version: str) -> Manifest:
-        with self.fs.open(self._path(model, version, MANIFEST), "r") as f:
-            return Manifest.model_validate_json(f.read())
+        with self._reading(), self.fs.open(self._path(model, version, MANIFEST), "r") as f:
+            text = f.read()
+        return Manifest.model_validate_json(text)
 
     def local_path(self, model: str, version: str | int = LATEST) -> Path:
         """A local folder holding the version (downloaded and verified for remote roots)."""
@@ -253,7 +302,9 @@ class ModelStore:
                 _discard(target)
         staging = target.with_name(f".{version}-{uuid.uuid4().hex[:8]}")
         try:
-            self.fs.get(self._path(model, version) + "/", str(staging) + "/", recursive=True)
+            with self._reading():
+                self.fs.get(self._path(model, version) + "/", str(staging) + "/",
+                            recursive=True)
             digest = _check_copy(staging, manifest)
         except IntegrityError as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -277,7 +328,7 @@ class ModelStore:
         """Copy a SavedModel in as ``manifest.version`` and publish it; never overwrites."""
         version = manifest.version
         final = self._path(model, version)
-        if self.fs.exists(final):
+        if self.fs.exists(final if self.is_local else f"{final}/{MANIFEST}"):
             raise VersionExists(f"{model} version {version} already exists; versions are immutable")
         tree, files = hash_files(saved_model_dir)
         params = json.loads(json.dumps(manifest.preprocessing))  # as a reader will parse them
@@ -285,10 +336,17 @@ class ModelStore:
             "artifact_sha256": tree, "files": files, "model": model,
             "preprocessing_sha256": params_digest(params),
         })
-        staging = self._path(model, f".staging-{version}-{uuid.uuid4().hex[:8]}")
-        self.fs.makedirs(staging, exist_ok=True)
-        self.fs.put(str(saved_model_dir) + "/", staging + f"/{SAVED_MODEL_DIR}/", recursive=True)
-        self.fs.mv(staging, final, recursive=True)
+        if self.is_local:  # staged, then renamed into place in one step
+            staging = self._path(model, f".staging-{version}-{uuid.uuid4().hex[:8]}")
+            self.fs.makedirs(staging, exist_ok=True)
+            self.fs.put(str(saved_model_dir) + "/", staging + f"/{SAVED_MODEL_DIR}/",
+                        recursive=True)
+            self.fs.mv(staging, final, recursive=True)
+        else:  # object stores cannot rename: upload in place, unseen until the manifest is
+            if self.fs.exists(final):  # an earlier upload that never published
+                self.fs.rm(final, recursive=True)
+            self.fs.put(str(saved_model_dir) + "/", final + f"/{SAVED_MODEL_DIR}/",
+                        recursive=True)
         with self.fs.open(final + f"/{MANIFEST}", "w") as f:  # the publishing step
             f.write(json.dumps(manifest.model_dump(), indent=2, sort_keys=True))
         if self.is_local:
