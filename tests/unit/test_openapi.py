@@ -40,10 +40,6 @@ class Client:
         return self.loop.run_until_complete(go())
 
 
-def _send(client: Client, requests: list[dict[str, Any]]) -> list[httpx.Response]:
-    return client.send(requests)
-
-
 @pytest.fixture
 def keyed(make_gateway, tmp_path):
     """A gateway that requires keys (small limits), its app, and keys for fraud, for
@@ -70,8 +66,8 @@ def open_app(make_gateway):
     client.loop.close()
 
 
-def _spec(app: Any) -> dict[str, Any]:
-    return _send(app, [{"method": "GET", "url": "/openapi.json"}])[0].json()
+def _spec(app: Client) -> dict[str, Any]:
+    return app.send([{"method": "GET", "url": "/openapi.json"}])[0].json()
 
 
 def _body(path: str) -> dict[str, Any]:
@@ -125,7 +121,7 @@ def test_every_status_a_route_returns_is_documented_with_the_error_body(keyed):
     for template, methods in spec["paths"].items():
         for method, operation in methods.items():
             documented = {int(s) for s in operation["responses"]}
-            for response in _send(app, _bad_requests(template, method, bearer)):
+            for response in app.send(_bad_requests(template, method, bearer)):
                 assert response.status_code in documented, (
                     f"{method} {template}: {response.status_code} {response.text} "
                     f"not in {sorted(documented)}")
@@ -188,7 +184,7 @@ def test_requests_the_spec_calls_valid_are_accepted(open_app):
               suppress_health_check=[HealthCheck.too_slow])
     @given(_values(spec, schema))
     def accepted(body: dict[str, Any]) -> None:
-        response = _send(open_app, [{"method": "POST", "url": f"/v1/{model}/{route}",
+        response = open_app.send([{"method": "POST", "url": f"/v1/{model}/{route}",
                                      "json": body}])[0]
         assert response.status_code == 200, (body, response.text)
 
@@ -206,17 +202,17 @@ def test_task_request_schema_carries_the_record_constraints(open_app):
 
 
 def test_v2_metadata_names_each_input_column_and_a_request_from_it_is_accepted(open_app):
-    meta = _send(open_app, [{"method": "GET", "url": "/v2/models/fraud"}])[0].json()
+    meta = open_app.send([{"method": "GET", "url": "/v2/models/fraud"}])[0].json()
     (tensor,) = meta["inputs"]
     columns = tensor["parameters"]["columns"]
     assert [c["name"] for c in columns] == list(get_task("fraud").raw_fields)
     hour = columns[[c["name"] for c in columns].index("hour")]
     assert hour == {"name": "hour", "kind": "integer", "minimum": 0, "maximum": 23,
                     "whole": True}
-    edges = [[c.get("minimum", 0) for c in columns], [c.get("maximum", 1) for c in columns]]
-    above = [list(edges[1]) for _ in range(1)]
+    edges = [[c["minimum"] for c in columns], [c["maximum"] for c in columns]]
+    above = [list(edges[1])]
     above[0][columns.index(hour)] = 24
-    ok, bad = _send(open_app, [
+    ok, bad = open_app.send([
         {"method": "POST", "url": "/v2/models/fraud/infer", "json": {"inputs": [{
             "name": tensor["name"], "datatype": tensor["datatype"], "shape": [2, len(columns)],
             "data": edges}]}},
@@ -228,7 +224,7 @@ def test_v2_metadata_names_each_input_column_and_a_request_from_it_is_accepted(o
 
 
 def test_v2_metadata_of_a_list_input_bounds_every_element(open_app):
-    meta = _send(open_app, [{"method": "GET", "url": "/v2/models/forecast"}])[0].json()
+    meta = open_app.send([{"method": "GET", "url": "/v2/models/forecast"}])[0].json()
     assert meta["inputs"][0]["parameters"] == {"elements": {
         "name": "prices", "kind": "number", "exclusiveMinimum": 0, "maximum": 1e9}}
 
@@ -238,7 +234,7 @@ def test_v2_metadata_of_a_list_input_bounds_every_element(open_app):
                                   "/v1/models/fraud/versions/9:predict"])
 @pytest.mark.parametrize("content", [b"{not json", b"{}", b'{"inputs": 3}'])
 def test_an_unknown_model_or_version_is_a_404_before_the_body_is_read(open_app, path, content):
-    (response,) = _send(open_app, [{"method": "POST", "url": path, "content": content,
+    (response,) = open_app.send([{"method": "POST", "url": path, "content": content,
                                     "headers": {"content-type": "application/json"}}])
     assert response.status_code == 404, response.text
     assert "nope" in response.json()["error"] or "'9'" in response.json()["error"]
