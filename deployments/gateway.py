@@ -21,6 +21,7 @@ from deployments.deploy import IngressTimeouts
 from deployments.http import (
     ADMITTED_SCOPE_KEY,
     KEY_SCOPE_KEY,
+    PATH_CHECK,
     AuthMiddleware,
     BodyLimitMiddleware,
     GatewayRoute,
@@ -31,6 +32,7 @@ from deployments.http import (
 )
 from deployments.metrics import MODEL_SCOPE_KEY, GatewayMetrics, RequestMetricsMiddleware
 from deployments.placements import placement
+from deployments.responses import only_documented
 from deployments.routes import VERSION_HEADER, add_routes
 from deployments.served import Served
 from serving import __version__
@@ -115,6 +117,18 @@ class Gateway:
         request.scope[MODEL_SCOPE_KEY] = model
         return served, key
 
+    def check_path(self, path_params: dict[str, Any]) -> None:
+        """404 for the model (or version) a route's path names that is not served; runs
+        before the body is read (``GatewayRoute``), so a bad body cannot answer first."""
+        model = path_params.get("model")
+        if model is None:
+            return
+        served = self.models.get(model)
+        if served is None:
+            raise ModelNotFound(model)
+        if "version" in path_params:
+            served.version(path_params["version"])
+
     # --- an answer ----------------------------------------------------------------------
     async def answer(
         self, request: Request, response: Response, served: Served, key: ApiKey | None,
@@ -172,6 +186,7 @@ class Gateway:
             "version during a canary.",
         )
         app.router.route_class = GatewayRoute  # strict JSON or binary tensors, every route
+        setattr(app.state, PATH_CHECK, self.check_path)  # 404 before the body is read
         install_error_handlers(app)
         app.add_middleware(JsonBodyMiddleware)
         app.add_middleware(BodyLimitMiddleware, max_bytes=self.args.limits.max_body_bytes,
@@ -181,4 +196,5 @@ class Gateway:
         app.add_middleware(RequestIdMiddleware)
         app.add_middleware(RequestMetricsMiddleware, gateway_metrics=self.metrics)
         add_routes(app, self)
+        only_documented(app)
         return app

@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.errors import FinServeError
+from serving.errors import ErrorBody, FinServeError
 from serving.protocol import binary
 from serving.security import ApiKey, KeyRing
 
@@ -32,7 +32,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
                    ) -> JSONResponse:
     # a message may quote the request: text that is not UTF-8 is escaped, never a 500
     safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    return JSONResponse({"error": safe}, status_code=status, headers=headers)
+    return JSONResponse(ErrorBody(error=safe).model_dump(), status_code=status, headers=headers)
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -79,8 +79,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(status, message)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = (exc.status_code == 404 and _unknown_model(request)) or str(exc.detail)
+        return error_response(exc.status_code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -94,6 +95,20 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unexpected error on %s", request.url.path)
         rid = request.headers.get(REQUEST_ID, "")
         return error_response(500, f"internal error (request id {rid})")
+
+
+def _unknown_model(request: Request) -> str | None:
+    """Why no route matched, when the path names a model that is not served (a task route
+    ``/v1/{model}/{route}`` exists only for a served model)."""
+    model = model_in_path(request.scope["path"].removeprefix(request.scope.get("root_path", "")))
+    check = getattr(request.app.state, PATH_CHECK, None)
+    if model is None or check is None:
+        return None
+    try:
+        check({"model": model})
+    except FinServeError as exc:
+        return exc.message
+    return None
 
 
 def overloaded(exc: BaseException) -> bool:
@@ -295,13 +310,22 @@ class GatewayRequest(Request):
         return self._json
 
 
+#: ``app.state`` attribute of the check of a route's path parameters (``model``, ``version``)
+#: that runs before the body is read: an unknown model or version is a 404 whatever the body
+PATH_CHECK = "check_path"
+
+
 class GatewayRoute(APIRoute):
-    """Every gateway route reads its body through ``GatewayRequest``."""
+    """Every gateway route checks the model its path names (``PATH_CHECK``), then reads
+    its body through ``GatewayRequest``."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
+            check = getattr(request.app.state, PATH_CHECK, None)
+            if check is not None:
+                check(request.path_params)
             return await handler(GatewayRequest(request.scope, request.receive))
 
         return route

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Body, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from deployments import responses as documented
 from deployments.http import BINARY_SCOPE_KEY, request_id
 from deployments.served import Served
 from serving import __version__, dataplane
@@ -45,18 +46,19 @@ def add_routes(app: FastAPI, gateway: "Gateway") -> None:
 
 
 def _health_routes(app: FastAPI, gateway: "Gateway") -> None:
-    @app.get("/v2/health/live", tags=["health"])
+    @app.get("/v2/health/live", tags=["health"], responses=documented.GENERAL)
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @app.get("/v2/health/ready", tags=["health"])
+    @app.get("/v2/health/ready", tags=["health"], response_model=documented.HealthReady,
+             responses=documented.HEALTH_READY)
     async def ready() -> JSONResponse:
         models = gateway.models
         states = await asyncio.gather(*(s.placement.ready() for s in models.values()))
         body = {"ready": all(states), "models": dict(zip(models, states, strict=True))}
         return JSONResponse(body, status_code=200 if all(states) else 503)
 
-    @app.get("/v2", response_model=ServerMetadata, tags=["v2"])
+    @app.get("/v2", response_model=ServerMetadata, tags=["v2"], responses=documented.GENERAL)
     async def server_metadata() -> ServerMetadata:
         return ServerMetadata(version=__version__, extensions=["model_version_routing"])
 
@@ -97,12 +99,13 @@ def _v2_routes(app: FastAPI, gateway: "Gateway") -> None:
 
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         app.add_api_route(prefix, metadata, methods=["GET"], response_model=ModelMetadata,
-                          tags=["v2"], summary="Model metadata")
+                          tags=["v2"], summary="Model metadata", responses=documented.MODEL)
         app.add_api_route(prefix + "/ready", model_ready, methods=["GET"], tags=["v2"],
-                          summary="Model readiness")
+                          response_model=documented.ModelReady, summary="Model readiness",
+                          responses=documented.MODEL_READY)
         app.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=["v2"],
                           response_model=InferenceResponse, summary="Inference (V2)",
-                          description=BINARY_DOC)
+                          description=BINARY_DOC, responses=documented.PREDICT)
 
 
 def _v1_routes(app: FastAPI, gateway: "Gateway") -> None:
@@ -135,10 +138,11 @@ def _v1_routes(app: FastAPI, gateway: "Gateway") -> None:
 
     for prefix in ("/v1/models/{model}", "/v1/models/{model}/versions/{version}"):
         app.add_api_route(prefix, status, methods=["GET"], tags=["tf-serving"],
-                          summary="Model version status (TF-Serving)")
+                          summary="Model version status (TF-Serving)",
+                          responses=documented.MODEL)
         app.add_api_route(prefix + ":predict", predict, methods=["POST"],
                           response_model=PredictResponse, tags=["tf-serving"],
-                          summary="Predict (TF-Serving REST)")
+                          summary="Predict (TF-Serving REST)", responses=documented.PREDICT)
 
 
 def _task_route(app: FastAPI, gateway: "Gateway", served: Served) -> None:
@@ -165,5 +169,5 @@ def _task_route(app: FastAPI, gateway: "Gateway", served: Served) -> None:
 
     app.add_api_route(
         f"/v1/{name}/{task.route}", handle, methods=["POST"], response_model=TaskAnswer,
-        tags=["tasks"], summary=task.description,
+        tags=["tasks"], summary=task.description, responses=documented.PREDICT,
     )

@@ -12,6 +12,7 @@ from serving.errors import VersionNotFound
 from serving.protocol.codec import TensorSpec
 from serving.protocol.v2 import MetadataTensor, ModelMetadata
 from serving.tasks import Task
+from serving.tasks._domain import record_domain
 from serving.traffic import choose_version
 
 
@@ -61,11 +62,20 @@ class Served:
         return ModelMetadata(
             name=self.name,
             versions=self.pinnable,
-            inputs=[_tensor(self.task.input_spec)],
+            inputs=[_tensor(self.task.input_spec, _columns(self.task))],
             outputs=[_tensor(s) for s in self.task.output_specs],
             parameters={"task": self.task.name, "default_version": self.versions[0]},
         )
 
 
-def _tensor(spec: TensorSpec) -> MetadataTensor:
-    return MetadataTensor(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+def _tensor(spec: TensorSpec, parameters: dict[str, Any] | None = None) -> MetadataTensor:
+    return MetadataTensor(name=spec.name, datatype=spec.datatype, shape=list(spec.shape),
+                          parameters=parameters)
+
+
+def _columns(task: Task) -> dict[str, Any] | None:
+    """What the raw input's columns (or elements) may hold, from the task's ``Record``
+    (``raw_fields``): the domain every protocol's raw batch is checked against."""
+    if not task.raw_fields:
+        return None
+    return record_domain(task.Record, task.raw_fields).describe()

@@ -5,6 +5,14 @@ Every error leaves the gateway as ``{"error": "<message>"}`` with ``status_code`
 
 from __future__ import annotations
 
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    """The JSON body of every error the gateway sends."""
+
+    error: str = Field(description="What went wrong, in words.")
+
 
 class FinServeError(Exception):
     """Base error; maps to HTTP 500 unless a subclass says otherwise."""

@@ -46,7 +46,9 @@ def task_request(task: Task, max_instances: int) -> type[BaseModel]:
         __validators__=records_limit(max_instances),
         records=(
             list[task.Record],  # type: ignore[name-defined]
-            Field(min_length=1, description=f"One {task.Record.__name__} per example."),
+            Field(min_length=1, max_length=max_instances,  # counted first: 413 over it
+                  description=f"One {task.Record.__name__} per example, at most "
+                  f"{max_instances} (413 over it)."),
         ),
         parameters=(
             task.Parameters | None if task.Parameters else None,  # type: ignore[operator]

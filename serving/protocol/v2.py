@@ -90,9 +90,13 @@ class InferenceResponse(BaseModel):
 
 
 class MetadataTensor(BaseModel):
+    """A model input or output; an input's ``parameters`` name what its values may be:
+    ``columns`` (one per last-axis column, in order) or ``elements`` (every element)."""
+
     name: str
     datatype: str
     shape: list[int]
+    parameters: dict[str, Any] | None = None
 
 
 class ModelMetadata(BaseModel):

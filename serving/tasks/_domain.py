@@ -45,6 +45,20 @@ class Bound:
         words = " and ".join(f"{op} {value:g}" for op, value in sides if value is not None)
         return f"a whole number {words}".strip() if self.whole else words or "a number"
 
+    def describe(self) -> dict[str, Any]:
+        """This bound as model metadata states it, in JSON Schema's words: the field's
+        name and kind, its bounds, ``whole`` numbers, and ``categories`` (index order)."""
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.low is not None:
+            out["exclusiveMinimum" if self.low_open else "minimum"] = self.low
+        if self.high is not None:
+            out["exclusiveMaximum" if self.high_open else "maximum"] = self.high
+        if self.whole:
+            out["whole"] = True
+        if self.categories:
+            out["categories"] = list(self.categories)
+        return out
+
     def limits(self) -> tuple[np.float32, np.float32]:
         """The lowest and highest float32 accepted (an excluded bound moved inside when it is
         exact in float32; a closed one rounded, as the Record's values are)."""
@@ -66,6 +80,13 @@ class Domain:
         limits = np.array([b.limits() for b in bounds], np.float32)
         self.low, self.high = limits[:, 0], limits[:, 1]
         self.whole = np.flatnonzero([b.whole for b in bounds])
+
+    def describe(self) -> dict[str, Any]:
+        """The domain as an input tensor's metadata ``parameters``: ``columns`` in order,
+        or the ``elements`` bound every element shares."""
+        if self.elementwise:
+            return {"elements": self.bounds[0].describe()}
+        return {"columns": [b.describe() for b in self.bounds]}
 
     def check(self, array: np.ndarray) -> None:
         """Raise ``InvalidInput`` naming the first value outside its bound (vectorised)."""

@@ -103,6 +103,12 @@ CASES = [
     ("/v2/models/fraud/infer", _v2([["x"] * 9] * 65, (65, 9)), 413, OVER_LIMIT),
     ("/v1/models/fraud:predict", {"instances": [["x"] * 9] * 65}, 413, OVER_LIMIT),
     ("/v1/fraud/score", {"records": [{"amount": "ten"}] * 65}, 413, OVER_LIMIT),
+    # an unknown model or version is a 404 whatever the body: the path is checked first
+    ("/v2/models/nope/infer", b"{not json", 404, "not served"),
+    ("/v2/models/nope/infer", {"inputs": []}, 404, "not served"),
+    ("/v2/models/fraud/versions/9/infer", b"{not json", 404, "no version '9'"),
+    ("/v1/models/nope:predict", {"instances": "abc"}, 404, "not served"),
+    ("/v1/nope/score", b"{not json", 404, "not served"),
 ]
 
 

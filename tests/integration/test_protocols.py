@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from serving.tasks import get_task
 from tests.conftest import golden
 
 pytestmark = pytest.mark.integration
@@ -78,7 +79,10 @@ def test_metadata_and_health_routes(client):
     assert client.get("/v2").json()["name"] == "finserve"
     meta = client.get("/v2/models/fraud").json()
     assert meta["versions"] == ["2", "1"]
-    assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 9]}]
+    (tensor,) = meta["inputs"]
+    assert (tensor["name"], tensor["datatype"], tensor["shape"]) == ("features", "FP32", [-1, 9])
+    columns = [c["name"] for c in tensor["parameters"]["columns"]]
+    assert columns == list(get_task("fraud").raw_fields)  # named in the raw input's order
     assert client.get("/v2/models/sentiment/versions/1/ready").json()["ready"] is True
     status = client.get("/v1/models/fraud").json()["model_version_status"]
     assert [s["version"] for s in status] == ["2", "1"]

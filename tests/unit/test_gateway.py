@@ -16,22 +16,8 @@ GOLDEN = Path(__file__).parents[1] / "testdata"
 
 
 @pytest.fixture
-def gateway(tiny_store, tmp_path, monkeypatch):
-    from ray.serve import batching
-
-    from deployments.gateway import Gateway
-
-    # @serve.batch checks its replica's max_ongoing_requests, and there is no replica here
-    monkeypatch.setattr(batching._BatchQueue,
-                        "_warn_if_max_batch_size_exceeds_max_ongoing_requests",
-                        lambda self: None)
-    cls = next(c for c in Gateway.func_or_class.__mro__
-               if "__serve_build_asgi_app__" in c.__dict__)
-    args = {"store_uri": str(tiny_store.root),
-            "audit": {"location": str(tmp_path / "trail"), "keys_dir": str(tmp_path / "k")},
-            "models": [{"name": "fraud"}, {"name": "forecast"}]}
-    gateway = cls.__new__(cls)
-    cls.__init__(gateway, args, {"fraud": {}, "forecast": {}})
+def gateway(make_gateway, tmp_path):
+    gateway = make_gateway()
     gateway.reconfigure({"models": {"fraud": {"versions": ["2"], "shadow": "3"}}})
     return gateway, tmp_path / "trail"
 
