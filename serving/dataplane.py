@@ -125,7 +125,7 @@ async def decode_records_within(records: list[BaseModel], task: Task,
     work = asyncio.to_thread(decode_records, records, task, deadline)
     try:
         return await asyncio.wait_for(work, timeout_s)
-    except TimeoutError:
+    except (TimeoutError, RequestTimeout):  # whichever sees the deadline first: one answer
         raise RequestTimeout(
             f"the request's records were not decoded within {timeout_s:g}s") from None
 
