@@ -30,7 +30,12 @@ from deployments.http import (
     install_error_handlers,
     request_id,
 )
-from deployments.metrics import MODEL_SCOPE_KEY, GatewayMetrics, RequestMetricsMiddleware
+from deployments.metrics import (
+    MODEL_SCOPE_KEY,
+    GatewayMetrics,
+    InFlight,
+    RequestMetricsMiddleware,
+)
 from deployments.placements import placement
 from deployments.responses import only_documented
 from deployments.routes import VERSION_HEADER, add_routes
@@ -62,9 +67,11 @@ class Gateway:
         self.args = AppArgs.model_validate(args)
         self.store = ModelStore(self.args.store_uri)
         timeout_s = self.args.limits.request_timeout_s
+        self.in_flight = InFlight()
         self.models: dict[str, Served] = {
             m.name: Served(settings=m, task=get_task(m.task_name),
-                           placement=placement(m, self.store, timeout_s, handles[m.name]))
+                           placement=placement(m, self.store, timeout_s, handles[m.name],
+                                               self.in_flight.alone))
             for m in self.args.models
         }
         security = self.args.security
@@ -75,7 +82,8 @@ class Gateway:
         self.require_auth = security.require_auth
         replicas = self.args.gateway.num_replicas
         self.limiter = RateLimiter(security.rate_per_s, replicas=replicas)
-        self.recorder = Recorder(self.args.audit) if self.args.audit.enabled else None
+        self.recorder = (Recorder(self.args.audit, alone=self.in_flight.alone)
+                         if self.args.audit.enabled else None)
         self.metrics = GatewayMetrics()
         self._background: set[asyncio.Task[None]] = set()
         if not self.require_auth:
@@ -194,7 +202,8 @@ class Gateway:
         app.add_middleware(AuthMiddleware, keys=self.keys, required=self.require_auth,
                            limiter=self.limiter, models=self.models)
         app.add_middleware(RequestIdMiddleware)
-        app.add_middleware(RequestMetricsMiddleware, gateway_metrics=self.metrics)
+        app.add_middleware(RequestMetricsMiddleware, gateway_metrics=self.metrics,
+                           in_flight=self.in_flight)
         add_routes(app, self)
         only_documented(app)
         return app

@@ -14,7 +14,7 @@ import abc
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -144,15 +144,18 @@ class _ProcessingHere(Placement):
 
 class InGateway(_ProcessingHere):
     """The whole pipeline in the gateway replica: the Model stage's own code
-    (``@serve.batch`` over the signatures) runs here too."""
+    (``@serve.batch`` over the signatures) runs here too; a request ``alone`` in the
+    replica skips the batch queue."""
 
-    def __init__(self, settings: ModelSettings, store: ModelStore, timeout_s: float) -> None:
+    def __init__(self, settings: ModelSettings, store: ModelStore, timeout_s: float,
+                 alone: Callable[[], bool] = lambda: False) -> None:
         super().__init__(settings, store, timeout_s)
         stage = Model.func_or_class  # the class under @serve.deployment
         self.stage = stage(store.root, settings.name, settings.task_name, settings.model)
+        self.alone = alone
 
     def predict(self, version: str, batch: Batch) -> Awaitable[Batch]:
-        return self.stage(version, batch)
+        return self.stage(version, batch, alone=self.alone())
 
     def preload(self, versions: list[str]) -> None:
         super().preload(versions)
@@ -232,11 +235,13 @@ class StageReplicas(Placement):
 
 
 def placement(settings: ModelSettings, store: ModelStore, timeout_s: float,
-              handles: dict[str, DeploymentHandle]) -> Placement:
+              handles: dict[str, DeploymentHandle],
+              alone: Callable[[], bool] = lambda: False) -> Placement:
     """The placement ``settings`` names, over the stage deployments ``build_app`` bound
-    for it (``handles``: model, preprocess, postprocess)."""
+    for it (``handles``: model, preprocess, postprocess); ``alone`` says whether a request
+    is alone in the gateway replica."""
     if settings.placement == "gateway":
-        return InGateway(settings, store, timeout_s)
+        return InGateway(settings, store, timeout_s, alone)
     if settings.placement == "model-replicas":
         return ModelReplicas(settings, store, timeout_s, handles["model"])
     return StageReplicas(settings, timeout_s, handles["preprocess"], handles["model"],

@@ -111,6 +111,12 @@ class Model:
         self.metrics.observe(started, batch_size=sum(len(x) for _, x in requests))
         return results
 
-    async def __call__(self, version: str, batch: Batch) -> Batch:
+    async def __call__(self, version: str, batch: Batch, alone: bool = False) -> Batch:
+        """One request's scores. ``alone``: no other request is in its replica, so there
+        is nothing to batch it with and it is predicted at once, without the queue."""
         digest = self.runner.artifact_sha256(version)  # a refused version: 503, not batched
-        return Batch(await self.predict((version, batch.data)), batch.context, digest)
+        if alone:
+            scores = (await self._predict_batch([(version, batch.data)]))[0]
+        else:
+            scores = await self.predict((version, batch.data))
+        return Batch(scores, batch.context, digest)

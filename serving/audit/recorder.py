@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +66,9 @@ def _migrate_token_key(location: str, keys_dir: str | None) -> None:
 class Recorder:
     """Decision records (chained, durable, before the answer) and shadow comparisons."""
 
-    def __init__(self, settings: Audit) -> None:
+    def __init__(self, settings: Audit, alone: Callable[[], bool] | None = None) -> None:
+        """``alone``: whether the writer's process has a single request in flight (its
+        record is then written without a thread hop, ``Trail.alone``)."""
         self.location = resolve_location(str(settings.location))
         keys_dir = settings.keys_dir
         _migrate_token_key(self.location, keys_dir)
@@ -83,7 +86,7 @@ class Recorder:
             make_sink(self.location, chain, rotate, compress=settings.compress), keys, chain,
             checkpoints=make_sink(checkpoint_location(settings), chain, rotate, CHECKPOINTS,
                                   settings.compress),
-            checkpoint_interval_s=settings.checkpoint_interval_s,
+            checkpoint_interval_s=settings.checkpoint_interval_s, alone=alone,
         )
         log.info("decision trail at %s, chain %s, public key %s", self.location, chain,
                  keys.public_hex)

@@ -59,6 +59,9 @@ class JsonlSink:
     """Append-only JSON lines in ``directory``, fsynced, rotated at ``rotate_bytes``; a
     closed segment is compressed to ``.jsonl.gz`` in the background."""
 
+    #: a write is a local append and fsync (``Trail`` may make it on the event loop)
+    writes_locally = True
+
     def __init__(self, directory: str | Path, chain: str, rotate_bytes: int = 64 << 20,
                  prefix: str = DECISIONS, compress: bool = True) -> None:
         self.directory = Path(directory)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,11 +56,15 @@ class Trail:
     checkpoints: Sink | None = None
     checkpoint_interval_s: float = 1.0
     checkpoint_every: int = 1000
+    #: whether the writer's process has one request in flight: a group of one record then
+    #: goes to a local file on the event loop, without the thread hop (nothing else waits)
+    alone: Callable[[], bool] | None = None
     seq: int = 0
     prev: str = GENESIS
     _pending: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = field(
         default_factory=list)
     _flushing: asyncio.Task[None] | None = None
+    _writing: bool = False  # a flush is under way (in its task or in an appender's)
     _opened: bool = False
     _anchored: int = -2  # seq of the last checkpoint written
     _ticker: asyncio.Task[None] | None = None
@@ -83,18 +88,26 @@ class Trail:
         """Seal and durably write ``record``; raises ``TrailUnavailable`` if it cannot."""
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending.append((record, future))
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush())
         if self._ticker is None and self.checkpoints is not None:
             self._ticker = asyncio.create_task(self._tick())
+        if not self._writing:
+            if len(self._pending) == 1 and self._opened and self._alone():
+                await self._flush()  # nothing to group with: commit in this task
+                return future.result()
+            self._flushing = asyncio.create_task(self._flush())
         return await future
 
     async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            await self._commit(batch)
-            if self.seq - 1 - self._anchored >= self.checkpoint_every:
-                await self.write_checkpoint()
+        """Commit what is pending, group by group, until nothing is (one flush at a time)."""
+        self._writing = True
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._commit(batch)
+                if self.seq - 1 - self._anchored >= self.checkpoint_every:
+                    await self.write_checkpoint()
+        finally:
+            self._writing = False
 
     async def _commit(self, batch: list[tuple[dict[str, Any], asyncio.Future[Any]]]) -> None:
         """Open the chain if needed, seal the batch in order, write it; on failure give
@@ -112,7 +125,7 @@ class Trail:
         if not sealed:
             return None
         try:
-            await asyncio.to_thread(self.sink.write, [line for _, line, _ in sealed])
+            await self._write([line for _, line, _ in sealed])
         except Exception as exc:  # the disk is full, the database gone …
             self.seq, self.prev = start
             log.error("decision trail write failed: %s: %s", type(exc).__name__, exc)
@@ -121,6 +134,20 @@ class Trail:
             if not future.done():  # a waiter may be gone (client disconnected)
                 future.set_result(record)
         return None
+
+    async def _write(self, lines: list[bytes]) -> None:
+        """Write a group: in a thread (the event loop goes on answering), or right here
+        when it is one record of a request alone in its process and the sink is a local
+        file (a thread hop costs more than the loop could do meanwhile)."""
+        if len(lines) == 1 and self._alone():
+            self.sink.write(lines)
+        else:
+            await asyncio.to_thread(self.sink.write, lines)
+
+    def _alone(self) -> bool:
+        """One request in flight in this process, and a sink that writes a local file."""
+        return (self.alone is not None and self.alone()
+                and getattr(self.sink, "writes_locally", False))
 
     async def write_checkpoint(self) -> bool:
         """Sign the head into the checkpoint sink (if the head moved); False on failure."""

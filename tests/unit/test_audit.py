@@ -481,3 +481,55 @@ def test_a_cluster_recorder_without_keys_in_its_environment_does_not_start(
     monkeypatch.setenv("FINSERVE_TRAIL_KEY", "x" * 40)
     with pytest.raises(ValueError, match="set FINSERVE_TOKEN_KEY"):
         audit.Recorder(Audit(location=str(tmp_path), keys_dir=None))
+
+
+def test_a_record_alone_in_its_process_is_written_without_a_thread_and_a_busy_one_with(
+        tmp_path, monkeypatch):
+    """``alone``: one request in flight, so its record is committed in its own task and on
+    the event loop; otherwise records go through the writer thread and group commit."""
+    hops = []
+    real = asyncio.to_thread
+
+    async def counting(fn, *args):
+        hops.append(getattr(fn.__self__, "prefix", None))  # a sink's write: which sink
+        return await real(fn, *args)
+
+    monkeypatch.setattr(audit.trail.asyncio, "to_thread", counting)
+    busy = {"now": False}
+
+    async def go():
+        trail = _trail(tmp_path, alone=lambda: not busy["now"])
+        await trail.append(_record(0))  # opens the chain (a checkpoint, in the thread)
+        opened = len(hops)
+        alone = [await trail.append(_record(i)) for i in range(1, 4)]
+        inline = len(hops) - opened
+        busy["now"] = True
+        grouped = await asyncio.gather(*(trail.append(_record(i)) for i in range(4, 10)))
+        await trail.write_checkpoint()
+        return inline, alone + grouped
+
+    inline, sealed = asyncio.run(go())
+    assert inline == 0  # three records alone: no thread hop
+    assert "decisions" in hops  # the busy ones: through the writer thread
+    assert [r["seq"] for r in sealed] == list(range(1, 10))
+    report = _verify(tmp_path, SECRET)
+    assert report.ok and report.records == 10, report.problems
+
+
+def test_a_failed_write_alone_is_a_503_and_gives_its_place_back(tmp_path):
+    sink = FailingSink(tmp_path / "trail", "c1")
+
+    async def go():
+        trail = _trail(tmp_path, sink=sink, alone=lambda: True)
+        await trail.append(_record(0))
+        sink.fail = True
+        with pytest.raises(audit.TrailUnavailable):
+            await trail.append(_record(1))
+        sink.fail = False
+        after = await trail.append(_record(2))
+        await trail.write_checkpoint()
+        return after
+
+    assert asyncio.run(go())["seq"] == 1
+    report = _verify(tmp_path, SECRET)
+    assert report.ok and report.records == 2, report.problems

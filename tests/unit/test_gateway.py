@@ -65,3 +65,44 @@ def test_task_route_parameters_are_validated_once_with_defaults(gateway):
     assert len(ok.json()["results"][0]["forecast"]) == 2
     recorded = list(read_records(str(trail)))
     assert recorded[-1]["parameters"] == {"horizon": 2}
+
+
+def test_a_request_alone_skips_the_batch_queue_and_concurrent_ones_are_batched(
+        make_gateway, tmp_path):
+    """The in-flight count decides: one request in the replica is predicted at once;
+    requests that overlap go through ``@serve.batch`` and share signature calls."""
+    gw = make_gateway()
+    gw.reconfigure({"models": {"fraud": {"versions": ["2"]}}})
+    app = gw.__serve_build_asgi_app__()
+    stage = gw.models["fraud"].placement.stage
+    sizes: list[int] = []  # requests per signature call, either way
+    queued: list[int] = []  # requests that went through the batch queue
+    runner_predict, enqueue = stage.runner.predict_batch, stage.predict
+
+    def counted(requests):
+        sizes.append(len(requests))
+        return runner_predict(requests)
+
+    async def counted_enqueue(request):
+        queued.append(1)
+        return await enqueue(request)
+
+    stage.runner.predict_batch, stage.predict = counted, counted_enqueue
+    body = _golden("fraud_v2_request.json")
+
+    async def go() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            alone = [await client.post("/v2/models/fraud/infer", json=body) for _ in range(3)]
+            phases.append(len(queued))
+            together = await asyncio.gather(*(
+                client.post("/v2/models/fraud/infer", json=body) for _ in range(8)))
+            return alone + list(together)
+
+    phases: list[int] = []
+    answers = asyncio.run(go())
+    assert [r.status_code for r in answers] == [200] * 11
+    assert phases == [0] and sizes[:3] == [1, 1, 1]  # each alone: predicted at once
+    assert len(queued) == 8 and max(sizes) > 1  # overlapping ones: queued and batched
+    assert gw.in_flight.count == 0
+    assert len(list(read_records(str(tmp_path / "trail")))) == 11
