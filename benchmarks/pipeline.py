@@ -2,7 +2,8 @@
 
 One model's answer is FinServe's: the task's raw-input check, its preprocessing, the
 SavedModel's signature (or any ``Predict``), the task's postprocessing with the Serve
-config's options; the answer goes back as V2 outputs encoded as FinServe encodes them
+config's options and what preprocessing hands past the model (``Task.context``). The
+answer goes back as V2 outputs encoded as FinServe encodes them
 (``serving.protocol.codec.from_numpy``: BYTES for strings, FP32 for float32). Used by the
 baselines (``benchmarks/baselines.py``) and by the peers (``benchmarks/peers/``), which run
 in venvs of their own: this module imports only what ``serving``'s core needs.
@@ -48,7 +49,9 @@ class Served:
         raw = self.task.check_raw(_text(raw) if self.task.input_spec.datatype == "BYTES"
                                   else raw)
         outputs = self.predict(self.task.preprocess(raw, self.params))
-        return self.task.postprocess(outputs, PostprocessContext(self.params, self.options))
+        context = PostprocessContext(self.params, self.options,
+                                     preprocess_context=self.task.context(raw, self.params))
+        return self.task.postprocess(outputs, context)
 
 
 def _text(raw: np.ndarray) -> np.ndarray:
