@@ -15,9 +15,9 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from benchmarks.systems import ROOT, System
 
@@ -40,6 +40,8 @@ class PeerEnv:
 
     name: str
     envs: Path = ENVS
+    #: the interpreter the venv is made with (FinServe's, whose base Python it takes)
+    base_python: str = field(default_factory=lambda: sys.executable)
 
     @property
     def requirements(self) -> Path:
@@ -70,24 +72,22 @@ class PeerEnv:
         install_s = None
         if not self.current():
             install_s = self._install()
-        return {"install_s": install_s, "requirements": str(self.requirements.relative_to(ROOT)),
+        return {"install_s": install_s, "requirements": self.requirements.name,
                 "versions": self.versions()}
 
     def _install(self) -> float:
         started = time.perf_counter()
         shutil.rmtree(self.root, ignore_errors=True)
         self.envs.mkdir(parents=True, exist_ok=True)
-        steps = [[sys.executable, "-m", "venv", str(self.root)],
+        steps = [[self.base_python, "-m", "venv", str(self.root)],
                  [str(self.bin("python")), "-m", "pip", "install", "--upgrade", "pip"],
                  [str(self.bin("python")), "-m", "pip", "install", "-r", str(self.requirements)]]
         with self.log.open("w") as out:
             for cmd in steps:
                 out.write(f"$ {' '.join(cmd)}\n")
                 out.flush()
-                if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode:
-                    tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
-                    raise PeerSetupError(f"{self.name}: `{' '.join(cmd[-3:])}` failed; "
-                                         f"{self.log.relative_to(ROOT)} ends:\n{tail}")
+                if not _run(cmd, out):
+                    self._fail(f"`{' '.join(cmd[-3:])}` failed")
         (self.root / STAMP).write_text(self.digest())
         return round(time.perf_counter() - started, 1)
 
@@ -100,9 +100,27 @@ class PeerEnv:
                 "    try: found[n] = m.version(n)\n"
                 "    except m.PackageNotFoundError: pass\n"
                 "print(json.dumps(found))")
-        out = subprocess.run([str(self.bin("python")), "-c", code], capture_output=True,
-                             text=True, check=True)
-        return json.loads(out.stdout)
+        try:
+            out = subprocess.run([str(self.bin("python")), "-c", code], capture_output=True,
+                                 text=True, check=True)
+            return json.loads(out.stdout)
+        except (OSError, subprocess.CalledProcessError, ValueError) as exc:
+            raise PeerSetupError(f"{self.name}: its venv {self.root} does not run: {exc}") from exc
+
+    def _fail(self, what: str) -> NoReturn:
+        """Raise ``PeerSetupError``: ``what``, and the install log's last lines."""
+        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
+        where = self.log.relative_to(ROOT) if self.log.is_relative_to(ROOT) else self.log
+        raise PeerSetupError(f"{self.name}: {what}; {where} ends:\n{tail}")
+
+
+def _run(cmd: list[str], out: Any) -> bool:
+    """Run one install step with its output in ``out``; whether it succeeded."""
+    try:
+        return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode == 0
+    except OSError as exc:
+        out.write(f"{exc}\n")
+        return False
 
 
 #: KServe's ModelServer: one uvicorn worker process per core (``--workers``, KServe's way to
@@ -145,16 +163,25 @@ def peer_system(name: str, config: Path, models: list[str], work: Path) -> Syste
     raise ValueError(f"unknown peer '{name}'; known: {', '.join(PEERS)}")
 
 
-def mlserver_folder(config: Path, models: list[str], folder: Path,
-                    ports: dict[str, int]) -> Path:
-    """MLServer's model repository: ``settings.json`` and a ``model-settings.json`` per
-    model (``MLSERVER_*`` settings, the runtime ``benchmarks.peers.mlserver_runtime``)."""
+def peer_settings(name: str, config: Path, models: list[str]) -> dict[str, Any]:
+    """The settings a peer serves with, beyond its defaults (kept with a run's results)."""
+    if name == "kserve":
+        return {"workers": KSERVE_WORKERS, "enable_latency_logging": False}
     from serving.config import load_serve_config
 
     args = load_serve_config(config)[1]
+    return {"parallel_workers": MLSERVER_WORKERS, "max_batch_time": MLSERVER_BATCH_TIME_S,
+            "max_batch_size": {m: args.model(m).model.max_batch_size for m in models}}
+
+
+def mlserver_folder(config: Path, models: list[str], folder: Path,
+                    ports: dict[str, int]) -> Path:
+    """MLServer's model repository: ``settings.json`` and a ``model-settings.json`` per
+    model (``peer_settings``, the runtime ``benchmarks.peers.mlserver_runtime``)."""
+    chosen = peer_settings("mlserver", config, models)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    settings = {"host": "127.0.0.1", **ports, "parallel_workers": MLSERVER_WORKERS,
+    settings = {"host": "127.0.0.1", **ports, "parallel_workers": chosen["parallel_workers"],
                 "model_repository_root": str(folder), "metrics_dir": str(folder / ".metrics"),
                 "environments_dir": str(folder / ".envs")}
     (folder / "settings.json").write_text(json.dumps(settings, indent=1))
@@ -162,7 +189,7 @@ def mlserver_folder(config: Path, models: list[str], folder: Path,
         (folder / m).mkdir()
         (folder / m / "model-settings.json").write_text(json.dumps({
             "name": m, "implementation": "benchmarks.peers.mlserver_runtime.FinServeRuntime",
-            "max_batch_size": args.model(m).model.max_batch_size,
-            "max_batch_time": MLSERVER_BATCH_TIME_S,
+            "max_batch_size": chosen["max_batch_size"][m],
+            "max_batch_time": chosen["max_batch_time"],
             "parameters": {"extra": {"config": str(config)}}}, indent=1))
     return folder
