@@ -179,7 +179,7 @@ class PeerRow(NamedTuple):
 
     @property
     def where(self) -> str:
-        return f"{self.model}, {self.rows} rows, c={self.connections}"
+        return f"{self.model} rows={self.rows} c={self.connections}"
 
     def best(self) -> dict[str, Any]:
         """The peer with the most requests/s here."""
@@ -560,7 +560,8 @@ SYSTEMS_SECTION = [
     "(`--workers 2`, one per core; each loads the models), a `kserve.Model` per model "
     "running FinServe's pipeline (`benchmarks/peers/kserve_server.py`) in its own venv; "
     "TensorFlow's threads per process as FinServe's replicas set them; its per-request "
-    "latency log off, access log on (as FinServe's). Only on the models whose answers "
+    "latency log off (`--enable_latency_logging false`), its access log and timing trace "
+    "as shipped (FinServe writes an access log too). Only on the models whose answers "
     "equal FinServe's. |",
     "| MLServer, V2 | `mlserver start` with `parallel_workers: 2` (one inference process "
     "per core) and adaptive batching (`max_batch_size`: FinServe's own per model, "

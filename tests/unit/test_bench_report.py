@@ -99,7 +99,7 @@ def test_a_faster_peer_or_a_worse_p99_fails_target_i_and_names_the_point(tmp_pat
             p["p99_ms"] = 5.0 * 1.2  # more requests/s, but its p99 1.2x the best peer's
     first = targets(render(run(points), tmp_path, monkeypatch))[0]
     assert first.startswith("- **FAIL**") and "16 of 18 points" in first
-    assert "credit, 1 rows, c=8: 0.67x req/s" in first and "fraud, 64 rows, c=32" in first
+    assert "credit rows=1 c=8: 0.67x req/s" in first and "fraud rows=64 c=32" in first
 
 
 def test_a_slower_p50_at_c1_fails_target_ii(tmp_path, monkeypatch):
