@@ -289,8 +289,8 @@ def _peer_notes(r: dict[str, Any]) -> list[str]:
             versions = ", ".join(f"{k} {v}" for k, v in
                                  info.get("env", {}).get("versions", {}).items())
             notes.append(f"- {label} ({versions}): `{json.dumps(info.get('settings'))}`")
-            notes += [f"- {label}, {m}: not timed, its answer is not FinServe's: "
-                      f"{_one_line(why)}" for m, why in info.get("answers", {}).items() if why]
+            notes += [f"- {label}, {m}: not timed: {_one_line(why)}"
+                      for m, why in info.get("answers", {}).items() if why]
     return notes
 
 

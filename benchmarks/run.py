@@ -469,11 +469,11 @@ def check_answers(base: str, models: list[str], bodies: dict[tuple[str, str, int
         for n in (1, BATCH):
             status, expected = answers.get((m, "v2", n), (0, b""))
             if status != 200:
-                out[m] = f"no FinServe answer to check against ({n} instances)"
+                out[m] = f"no answer of FinServe's to check against ({n}-instance body)"
                 break
             got = http(base + route_path(m, "v2"), bodies[(m, "v2", n)].read_bytes())
             if (why := peer_answers.check(*got, expected)) is not None:
-                out[m] = f"{n} instance(s): {why}"
+                out[m] = f"its answer to the {n}-instance body is not FinServe's: {why}"
                 break
     return out
 

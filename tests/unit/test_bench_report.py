@@ -127,8 +127,10 @@ def test_missing_peer_figures_say_why(tmp_path, monkeypatch):
               if p["system"] != "kserve"
               and not (p["system"] == "mlserver" and p["model"] == "sentiment")]
     r = run(points, kserve={"name": "kserve", "error": "kserve: `install -r x` failed; log"})
-    r["systems"]["mlserver"]["answers"] = {"fraud": None, "sentiment": "1 instance(s): "
-                                           "output 'label': strings differ"}
+    r["systems"]["mlserver"]["answers"] = {
+        "fraud": None,
+        "sentiment": "its answer to the 1-instance body is not FinServe's: output 'label': "
+                     "strings differ"}
     text = render(r, tmp_path, monkeypatch)
     body = section(text, "Against KServe and MLServer (issue 17)")
     assert "| sentiment | 1 | 1 | 1,000.0 (5.0) | - | - | - |" in body
