@@ -5,8 +5,8 @@ proxy and, in full mode, the HAProxy ingress), (a) the seed design's ``keras.Mod
 per request, (b) a hand-written single-process FastAPI app calling the signature, (c)
 the signature in this process at its best batch size, and the peers KServe's ModelServer
 and MLServer (``benchmarks/peers/``, each from a venv of its own) serving FinServe's
-pipeline. Load comes from wrk, whose own
-ceiling against a trivial server is measured in the same run. Raw results go to
+pipeline. Load comes from wrk, whose own ceiling against a trivial server is measured in
+the same run. Raw results go to
 ``benchmarks/results/<date>-<commit>[-quick].json``, tables and pass/fail lines of the
 issue's targets to ``docs/benchmarks.md``, plots to ``benchmarks/results/``.
 """
@@ -412,7 +412,7 @@ def side_by_side(config: Path, names: list[str], parts: set[str], bench: Bench,
                         Target("finserve-task", default.base, "task"),
                         Target("finserve-v2bin", default.base, "v2bin")]
             answers = fetch_answers(default.base, names, bench.bodies)
-        for system in list(others):
+        for system in others:
             if start(system, "/v2/health/ready", None, infos):
                 targets.append(Target(system.name, system.base, "v2"))
         targets += start_peers(config, names, parts, bench.bodies, answers, infos, others)
