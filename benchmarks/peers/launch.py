@@ -125,8 +125,11 @@ def _run(cmd: list[str], out: Any) -> bool:
 
 #: KServe's ModelServer: one uvicorn worker process per core (``--workers``, KServe's way to
 #: use more than one core: a single process runs predict on its event loop, one request at a
-#: time); its per-request latency trace off (a debugging aid; the access log stays, as
-#: FinServe's does); gRPC on, as shipped, on a port of its own
+#: time); its per-request latency log off (a debugging aid; its access log and timing
+#: middleware's trace stay, as shipped: FinServe writes an access log too); gRPC on, as
+#: shipped, on a port of its own. Each worker process, like each of MLServer's, sets
+#: TensorFlow's thread pools as FinServe's replicas do (``load_served(tf_threads=True)``):
+#: two processes share two cores.
 KSERVE_WORKERS = 2
 #: MLServer: one inference worker per core (``parallel_workers``: "in line with the number of
 #: CPU cores", its docs), adaptive batching on (off unless both settings are set, the docs
