@@ -16,8 +16,6 @@ audit record, no auth, no limits). They differ only in how the model is called:
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +23,8 @@ import numpy as np
 import orjson
 from fastapi import Body, FastAPI, HTTPException, Response
 
-from serving.config import load_serve_config
-from serving.store import SAVED_MODEL_DIR, ModelStore
-from serving.tasks import PostprocessContext, Task, get_task
-from serving.training import load_signature
-
-Predict = Callable[[np.ndarray], dict[str, np.ndarray]]
+from benchmarks.pipeline import Predict, load_served, raw_of, signature, v2_outputs
+from serving.tasks import Task
 
 
 def keras_predict(path: Path, task: Task, params: dict[str, Any]) -> Predict:
@@ -48,30 +42,8 @@ def keras_predict(path: Path, task: Task, params: dict[str, Any]) -> Predict:
     return predict
 
 
-@dataclass
-class Served:
-    task: Task
-    params: dict[str, Any]
-    options: dict[str, Any]
-    predict: Predict
-
-    def answer(self, tensor: dict[str, Any]) -> dict[str, np.ndarray]:
-        dtype = object if tensor["datatype"] == "BYTES" else np.float32
-        raw = self.task.check_raw(np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"]))
-        outputs = self.predict(self.task.preprocess(raw, self.params))
-        return self.task.postprocess(outputs, PostprocessContext(self.params, self.options))
-
-
 def create_app(kind: str, config: str) -> FastAPI:
-    _, args = load_serve_config(config)
-    store = ModelStore(args.store_uri)
-    served: dict[str, Served] = {}
-    for m in args.models:
-        task = get_task(m.task_name)
-        params = store.manifest(m.name).preprocessing
-        path = store.local_path(m.name) / SAVED_MODEL_DIR
-        predict = keras_predict(path, task, params) if kind == "keras" else load_signature(path)
-        served[m.name] = Served(task, params, task.options(m.options), predict)
+    served = load_served(config, keras_predict if kind == "keras" else signature)
     app = FastAPI(title=f"baseline-{kind}")
 
     @app.get("/v2/health/ready")
@@ -82,12 +54,7 @@ def create_app(kind: str, config: str) -> FastAPI:
     def infer(model: str, body: dict[str, Any] = Body()) -> Response:
         if model not in served:
             raise HTTPException(404, f"unknown model '{model}'")
-        answers = served[model].answer(body["inputs"][0])
-        outputs = [
-            {"name": name, "datatype": "BYTES" if value.dtype == object else "FP32",
-             "shape": list(value.shape), "data": value.reshape(-1).tolist()}
-            for name, value in answers.items()
-        ]
+        outputs = v2_outputs(served[model].answer(raw_of(body["inputs"][0])))
         return Response(orjson.dumps({"model_name": model, "outputs": outputs}),
                         media_type="application/json")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 #: hand-written: each serving-path change's prediction and measured outcome
@@ -26,8 +26,21 @@ SYSTEMS = {
     "finserve-haproxy-task": "FinServe task, HAProxy (beside the Python proxy run)",
     "floor-v2": "Ray Serve floor (no-op app), V2 path",
     "floor-task": "Ray Serve floor (no-op app), task path",
+    "kserve": "KServe ModelServer, V2",
+    "mlserver": "MLServer, V2",
 }
 C32, C1 = "single c=32", "single c=1"
+#: issue 17's peers (their part and system name in a run) and the points it compares at:
+#: models, instances per request, connections
+PEERS = {"kserve": "KServe", "mlserver": "MLServer"}
+PEER_MODELS, PEER_ROWS, PEER_CONNECTIONS = ("fraud", "credit", "sentiment"), (1, 64), (1, 8, 32)
+#: issue 17's target (iii) is twice these: FinServe V2's instances/s, 64 instances per
+#: request at c=32, in the full run at commit 57afd96 (benchmarks/results/2026-12-02-57afd96.json)
+BATCHED_BEFORE = {"fraud": 67_921, "credit": 56_574}
+BATCHED_BEFORE_COMMIT = "57afd96"
+#: issue 17's target (i): FinServe's p99 at most this times the best peer's
+P99_SLACK = 1.10
+PEER_REQUIREMENTS = ROOT / "benchmarks" / "peers"
 
 
 def _f(x: float | None, digits: int = 1) -> str:
@@ -153,6 +166,166 @@ def _autoscaling_target(r: dict[str, Any]) -> str:
             f"replica added after {_f(step.get('added_s'))} s and serving after "
             f"{_f(serving)} s, {load.get('errors', '-')} errors (target ≤ 10 s)"
             + (f": {_one_line(step['error'])}" if step.get("error") else ""))
+
+
+class PeerRow(NamedTuple):
+    """One of issue 17's points: FinServe V2's figures and each peer's that answered."""
+
+    model: str
+    rows: int
+    connections: int
+    finserve: dict[str, Any] | None
+    peers: dict[str, dict[str, Any]]
+
+    @property
+    def where(self) -> str:
+        return f"{self.model} rows={self.rows} c={self.connections}"
+
+    def best(self) -> dict[str, Any]:
+        """The peer with the most requests/s here."""
+        return max(self.peers.values(), key=lambda p: p["rps"])
+
+
+def peer_rows(r: dict[str, Any], pts: Points) -> list[PeerRow]:
+    """Issue 17's points that this run has scenarios for, in the table's order."""
+    out = []
+    for m in (x for x in PEER_MODELS if x in r["models"]):
+        for rows in PEER_ROWS:
+            for c in PEER_CONNECTIONS:
+                sc = next((s["name"] for s in r["scenarios"]
+                           if s["instances"] == rows and s["connections"] == c), None)
+                if sc is None:
+                    continue
+                peers = {p: pt for p in PEERS if (pt := pts.get(p, m, sc)) and pt["requests"]}
+                out.append(PeerRow(m, rows, c, pts.get("finserve-v2", m, sc), peers))
+    return out
+
+
+def peer_targets(r: dict[str, Any], pts: Points) -> list[str]:
+    """Issue 17's targets as pass/fail lines: (i) throughput and p99 at every point,
+    (ii) p50 at c=1, (iii) batched fraud and credit against the run at 57afd96."""
+    compared = [x for x in peer_rows(r, pts) if x.finserve and x.peers]
+    return [_peer_throughput_target(compared),
+            _peer_latency_target([x for x in compared if x.connections == 1]),
+            *(_batched_growth_target(pts, m) for m in BATCHED_BEFORE if m in r["models"])]
+
+
+def _peer_throughput_target(rows: list[PeerRow]) -> str:
+    """(i): FinServe's requests/s at least the best peer's, its p99 within P99_SLACK."""
+    misses = []
+    for x in rows:
+        fs, best = x.finserve or {}, x.best()
+        rps, p99 = fs["rps"] / best["rps"], fs["p99_ms"] / best["p99_ms"]
+        if rps < 1 or p99 > P99_SLACK:
+            misses.append(f"{x.where}: {rps:.2f}x req/s, {p99:.2f}x p99")
+    head = (f"FinServe V2 against the best peer at each point: requests/s ≥ the peer's and "
+            f"p99 ≤ {P99_SLACK:.2f}x its p99")
+    if not rows:
+        return f"- {_ok(None)} {head}: no point with both measured in this run"
+    return (f"- {_ok(not misses)} {head}: {len(rows) - len(misses)} of {len(rows)} points "
+            "meet it" + (f"; not at {'; '.join(misses)}" if misses else ""))
+
+
+def _peer_latency_target(rows: list[PeerRow]) -> str:
+    """(ii): FinServe's p50 at c=1 at most the lowest peer p50."""
+    cells, ok = [], True
+    for x in rows:
+        fs, low = (x.finserve or {})["p50_ms"], min(p["p50_ms"] for p in x.peers.values())
+        ok &= fs <= low
+        cells.append(f"{x.model} {x.rows}: {_f(fs, 2)} vs {_f(low, 2)} ms")
+    head = "c=1, FinServe V2's p50 ≤ the best peer's (the lowest)"
+    if not rows:
+        return f"- {_ok(None)} {head}: not measured in this run"
+    return f"- {_ok(ok)} {head}: " + "; ".join(cells)
+
+
+def _batched_growth_target(pts: Points, model: str) -> str:
+    """(iii): 64-instance requests at c=32, twice FinServe's instances/s at 57afd96."""
+    fs = pts.get("finserve-v2", model, "batch64 c=32")
+    before, got = BATCHED_BEFORE[model], fs["instances_per_s"] if fs else None
+    times = "-" if got is None else f"{got / before:.2f}x"
+    return (f"- {_ok(None if got is None else got >= 2 * before)} {model}, 64 instances per "
+            f"request, c=32, FinServe V2: {_f(got, 0)} instances/s = {times} the "
+            f"{_f(before, 0)} of the run at {BATCHED_BEFORE_COMMIT} (target ≥ 2x)")
+
+
+def _peer_cell(p: dict[str, Any] | None) -> str:
+    """Requests/s with the p99 in ms in parentheses, or "-"."""
+    return "-" if not p else f"{_f(p['rps'])} ({_f(p['p99_ms'])})"
+
+
+def _peer_table(r: dict[str, Any], pts: Points) -> list[str]:
+    """Issue 17's table: FinServe V2 and each peer at every point, then why any peer
+    figure is missing, and the peers' settings and pinned versions."""
+    lines = ["", "## Against KServe and MLServer (issue 17)", "", *PEERS_INTRO, ""]
+    rows = peer_rows(r, pts)
+    if not any(x.peers for x in rows):
+        lines.append("No peer was measured in this run (parts `kserve`, `mlserver`).")
+    else:
+        lines += ["| model | rows | c | FinServe (V2) | KServe | MLServer | FinServe / best "
+                  "peer |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for x in rows:
+            ratio = (f"{x.finserve['rps'] / x.best()['rps']:.2f}x"
+                     if x.finserve and x.peers and x.best()["rps"] else "-")
+            lines.append(f"| {x.model} | {x.rows} | {x.connections} | "
+                         f"{_peer_cell(x.finserve)} | "
+                         + " | ".join(_peer_cell(x.peers.get(p)) for p in PEERS)
+                         + f" | {ratio} |")
+    return [*lines, "", *_peer_notes(r), *_peer_pins()]
+
+
+def _peer_notes(r: dict[str, Any]) -> list[str]:
+    """Per peer: its settings and versions in this run, or why it has no figures; each
+    model it was not timed on, and why."""
+    notes = []
+    for p, label in PEERS.items():
+        info = r["systems"].get(p)
+        if p not in r.get("parts", []):
+            notes.append(f"- {label}: not in this run (part `{p}`).")
+        elif not info or info.get("error"):
+            why = _one_line(info.get("error", "")) if info else "not started"
+            notes.append(f"- {label}: not measured: {why}")
+        else:
+            versions = ", ".join(f"{k} {v}" for k, v in
+                                 info.get("env", {}).get("versions", {}).items())
+            notes.append(f"- {label} ({versions}): `{json.dumps(info.get('settings'))}`")
+            notes += [f"- {label}, {m}: not timed: {_one_line(why)}"
+                      for m, why in info.get("answers", {}).items() if why]
+    return notes
+
+
+def _peer_pins() -> list[str]:
+    """How the peers' venvs are made, and their pinned requirements as the files say."""
+    lines = ["", *PEERS_ENVS, ""]
+    for path in sorted(PEER_REQUIREMENTS.glob("requirements-*.txt")):
+        pins = [x.strip() for x in path.read_text().splitlines()
+                if x.strip() and not x.lstrip().startswith("#")]
+        lines.append(f"- `benchmarks/peers/{path.name}`: " + ", ".join(f"`{x}`" for x in pins))
+    return lines
+
+
+#: what the peers are and how they are compared; the first lines of the issue 17 section
+PEERS_INTRO = [
+    "KServe's ModelServer and MLServer serving the same SavedModels through FinServe's "
+    "own pipeline (`benchmarks/pipeline.py`: the task's input check, preprocessing, the "
+    "signature, postprocessing), each started beside FinServe and measured interleaved "
+    "with it, V2 JSON route only. Before a peer is timed on a model, its V2 answers to the "
+    "1- and 64-instance bodies must equal FinServe's (output names, datatypes and shapes; "
+    "strings equal, numbers within 1e-5 relative); a peer whose answer differs is not timed "
+    "on that model. Cells: requests/s (p99 ms). *rows*: instances per request; the best "
+    "peer is the one with the most requests/s at the point.",
+]
+#: how the peers' environments are made; before the pinned requirements
+PEERS_ENVS = [
+    "Each peer runs from a virtual environment of its own, `benchmarks/.peers/<peer>/` "
+    "(git-ignored), that the suite makes on first use (`python -m venv`, then `pip install "
+    "-r` the peer's pinned requirements, logged to `benchmarks/.peers/<peer>-install.log`) "
+    "and makes again when the requirements file changes (its sha256 is stamped in the "
+    "venv); FinServe's own venv is never changed. The peer imports FinServe's `serving` "
+    "package from the repository (`PYTHONPATH`), so each file pins the few libraries it "
+    "needs at FinServe's versions. A peer whose venv cannot be made has no figures, the "
+    "notes above say why, and the rest of the suite runs.",
+]
 
 
 def plots(r: dict[str, Any], pts: Points, models: list[str], stem: str) -> list[Path]:
@@ -301,10 +474,15 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
         "",
         *targets(r, pts, models),
         "",
+        "## Targets (issue 17)",
+        "",
+        *peer_targets(r, pts),
+        "",
         *_levers(),
         *SYSTEMS_SECTION,
         *_model_limit_table(r),
         *_ratio_table(r, pts, models),
+        *_peer_table(r, pts),
         *_model_tables(r, pts, models),
         *_floor_table(r, pts, models),
         *_cpu_table(r, pts, models),
@@ -378,6 +556,19 @@ SYSTEMS_SECTION = [
     "default threads; batch sizes 1-8,192 (powers of two). |",
     "| Ray Serve floor | a no-op app on FinServe's Ray Serve set-up answering FinServe's "
     "own answers (`benchmarks/floor.py`); batched requests only. |",
+    "| KServe ModelServer, V2 | `kserve.ModelServer` with 2 uvicorn worker processes "
+    "(`--workers 2`, one per core; each loads the models), a `kserve.Model` per model "
+    "running FinServe's pipeline (`benchmarks/peers/kserve_server.py`) in its own venv; "
+    "TensorFlow's threads per process as FinServe's replicas set them; its per-request "
+    "latency log off (`--enable_latency_logging false`), its access log and timing trace "
+    "as shipped (FinServe writes an access log too). Only on the models whose answers "
+    "equal FinServe's. |",
+    "| MLServer, V2 | `mlserver start` with `parallel_workers: 2` (one inference process "
+    "per core) and adaptive batching (`max_batch_size`: FinServe's own per model, "
+    "`max_batch_time`: 1 ms), a custom runtime running FinServe's pipeline "
+    "(`benchmarks/peers/mlserver_runtime.py`) in its own venv; TensorFlow's threads as "
+    "above; access log on (its default). Only on the models whose answers equal "
+    "FinServe's. |",
 ]
 
 
@@ -512,9 +703,11 @@ def _plots_section(r: dict[str, Any], pts: Points, models: list[str], stem: str)
 METHOD_SECTION = [
     "", "## Method", "",
     "- Order: wrk's ceiling (trivial server alone); (c) in-process, before any server "
-    "runs; FinServe started alone (its cold start is timed), then (a) and (b) started "
-    "beside it; then every scenario is run on every system back to back (a, b, FinServe "
-    "task, FinServe V2 for one scenario, then the next), so that all systems see the "
+    "runs; FinServe started alone (its cold start is timed; then its answers to every "
+    "body are kept), then (a), (b) and the peers started beside it (a peer's venv is made "
+    "first if need be, and its answers are checked against FinServe's); then every "
+    "scenario is run on every system back to back (a, b, FinServe task, FinServe V2, "
+    "KServe, MLServer for one scenario, then the next), so that all systems see the "
     "same machine load within a minute of each other on a shared machine. Idle systems "
     "stay up meanwhile (an idle Ray costs a little CPU, a cost the baselines bear). Before "
     "each point one request must answer 200; after it the system must drain its backlog "
@@ -537,9 +730,9 @@ METHOD_SECTION = [
     "arrives; c = connections. Requests/s counts 2xx answers; errors are connect, read, "
     "write, timeout (10 s) and non-2xx. Latency percentiles are wrk's own.",
     "- Single-instance scenarios send one example per request at c = 1, 8, 32, 128; the "
-    "batched ones send 64 examples per request at c = 8 and 32. The batched target takes "
-    "the better of the two (the server's capacity, as the in-process limit is the "
-    "model's best batch size); both are in the tables. Bodies are built from "
+    "batched ones send 64 examples per request at c = 1, 8 and 32 (c = 1 since issue 17). "
+    "The batched target takes the best of them (the server's capacity, as the in-process "
+    "limit is the model's best batch size); all are in the tables. Bodies are built from "
     "`tests/testdata/<task>_task_request.json` records (cycled to 64), the V2 body from "
     "the same records through the task's `records_to_raw`.",
     "- Added latency at c=1 is FinServe's p50 minus the in-process p50 of one instance "

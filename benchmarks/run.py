@@ -1,10 +1,12 @@
-"""``make bench``: FinServe against baselines, side by side, on the same model files.
+"""``make bench``: FinServe against baselines and peers, side by side, on the same model files.
 
 Systems: FinServe (``finserve serve`` in a subprocess; V2 and task routes; the default
 proxy and, in full mode, the HAProxy ingress), (a) the seed design's ``keras.Model.predict``
-per request, (b) a hand-written single-process FastAPI app calling the signature, and (c)
-the signature in this process at its best batch size. Load comes from wrk, whose own
-ceiling against a trivial server is measured in the same run. Raw results go to
+per request, (b) a hand-written single-process FastAPI app calling the signature, (c)
+the signature in this process at its best batch size, and the peers KServe's ModelServer
+and MLServer (``benchmarks/peers/``, each from a venv of its own) serving FinServe's
+pipeline. Load comes from wrk, whose own ceiling against a trivial server is measured in
+the same run. Raw results go to
 ``benchmarks/results/<date>-<commit>[-quick].json``, tables and pass/fail lines of the
 issue's targets to ``docs/benchmarks.md``, plots to ``benchmarks/results/``.
 """
@@ -29,6 +31,8 @@ import yaml
 
 from benchmarks import floor
 from benchmarks.loadgen import request_headers, require_wrk, wrk
+from benchmarks.peers import answers as peer_answers
+from benchmarks.peers.launch import PEERS, PeerEnv, PeerSetupError, peer_settings, peer_system
 from benchmarks.systems import ROOT, System, http, python_module
 from deployments.deploy import free_port
 
@@ -37,11 +41,15 @@ STORE, WORK, RESULTS = HERE / ".store", HERE / ".work", HERE / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 MODELS = ("sentiment", "fraud", "credit")
 CONCURRENCY = (1, 8, 32, 128)
-#: batched requests at a light and a saturating load: the in-process limit is the model's
-#: best, so the target compares it with the server's best (its capacity), and both show
-BATCH, BATCH_CONCURRENCY = 64, (8, 32)
-PARTS = ("ceiling", "inprocess", "app", "a", "b", "finserve", "haproxy", "floor",
+#: batched requests one at a time (against the peers, issue 17), at a light and at a
+#: saturating load: the in-process limit is the model's best, so the target compares it
+#: with the server's best (its capacity), and all show
+BATCH, BATCH_CONCURRENCY = 64, (1, 8, 32)
+PARTS = ("ceiling", "inprocess", "app", "a", "b", "finserve", *PEERS, "haproxy", "floor",
          "autoscale")
+#: FinServe's answers to the bodies of 1 and BATCH instances: (status, body) by
+#: (model, route, instances), as ``Bench.bodies`` keys them
+Answers = dict[tuple[str, str, int], tuple[int, bytes]]
 app = typer.Typer(add_completion=False)
 
 
@@ -154,13 +162,20 @@ def task_path(model: str) -> str:
     return f"/v1/{model}/{get_task(model).route}"
 
 
+def route_path(model: str, route: str) -> str:
+    """The path a route's body is POSTed to: the task route's, or V2 (JSON or binary)."""
+    return task_path(model) if route == "task" else f"/v2/models/{model}/infer"
+
+
 @dataclass(frozen=True)
 class Target:
-    """One system's route: where a point's requests go."""
+    """One system's route: where a point's requests go; ``models``: those it is timed on
+    (None: all; a peer only on those it answered as FinServe does)."""
 
     system: str
     base: str
     route: str
+    models: frozenset[str] | None = None
 
 
 @dataclass
@@ -176,8 +191,9 @@ class Bench:
         body = self.bodies.get((model, target.route, sc.instances))
         if body is None:  # this route has no body of this size (binary: batches only)
             return
-        path = task_path(model) if target.route == "task" else f"/v2/models/{model}/infer"
-        url = target.base + path
+        if target.models is not None and model not in target.models:
+            return
+        url = target.base + route_path(model, target.route)
         status, settle_s = settle(url, body)
         load_before = os.getloadavg()[0]
         r = wrk(url, body, sc.connections, self.seconds, self.warmup)
@@ -378,38 +394,88 @@ def inprocess_limits(config: Path, bodies: dict[tuple[str, str, int], Path],
 
 def side_by_side(config: Path, names: list[str], parts: set[str], bench: Bench,
                  infos: dict[str, dict[str, Any]]) -> list[str]:
-    """FinServe first and alone (its cold start), then (a) and (b) beside it, interleaved;
-    then Ray's Python proxy beside FinServe. The models whose batched answers FinServe
-    gave, for the floor to send back."""
+    """FinServe first and alone (its cold start; then its answers are kept), then (a), (b)
+    and the peers beside it, interleaved (a peer only on the models it answers as FinServe
+    does); then Ray's Python proxy beside FinServe. The models whose batched answers
+    FinServe gave, for the floor to send back."""
     first = (task_path(names[0]), bench.bodies[(names[0], "task", 1)].read_bytes())
     default = finserve("finserve", config, haproxy=True)
-    baselines = [baseline(kind, name, config)
-                 for part, kind, name in (("a", "keras", "a-keras-predict"),
-                                          ("b", "signature", "b-fastapi-signature"))
-                 if part in parts]
-    answered: list[str] = []  # models whose batched answers the floor sends back
+    others = [baseline(kind, name, config)
+              for part, kind, name in (("a", "keras", "a-keras-predict"),
+                                       ("b", "signature", "b-fastapi-signature"))
+              if part in parts]
+    answers: Answers = {}
     try:
         targets: list[Target] = []
         if "finserve" in parts and start(default, *first, infos):
             targets += [Target("finserve-v2", default.base, "v2"),
                         Target("finserve-task", default.base, "task"),
                         Target("finserve-v2bin", default.base, "v2bin")]
-        for system in baselines:
+            answers = fetch_answers(default.base, names, bench.bodies)
+        for system in others:
             if start(system, "/v2/health/ready", None, infos):
                 targets.append(Target(system.name, system.base, "v2"))
+        targets += start_peers(config, names, parts, bench.bodies, answers, infos, others)
         targets.sort(key=lambda t: t.system)
         bench.interleaved(targets, names, SCENARIOS)
-        if "floor" in parts and default.proc is not None and default.proc.poll() is None:
-            answered = save_answers(default.base, names, bench.bodies)
-        for system in baselines:
+        for system in others:
             stop(system, infos)
         if "haproxy" in parts and "sentiment" in names:
             python_proxy_beside(config, default, first, bench, infos)
     finally:
-        for system in [*baselines, default]:
+        for system in [*others, default]:
             if system.name in infos:
                 stop(system, infos)
-    return answered
+    return save_answers(answers, names) if "floor" in parts else []
+
+
+def start_peers(config: Path, names: list[str], parts: set[str],
+                bodies: dict[tuple[str, str, int], Path], answers: Answers,
+                infos: dict[str, dict[str, Any]], started: list[System]) -> list[Target]:
+    """Each peer in ``parts``: its venv (made on first use), its server (added to
+    ``started``), its answers checked against FinServe's; a V2 target for the models it
+    answered as FinServe does. A peer whose venv cannot be made is left out, and says why."""
+    targets = []
+    for name in (p for p in PEERS if p in parts):
+        try:
+            env = PeerEnv(name).ensure()
+        except PeerSetupError as exc:
+            infos[name] = {"name": name, "error": str(exc)}
+            log(f"{name}: not measured: {exc}")
+            continue
+        made = "reused" if env["install_s"] is None else f"made in {env['install_s']} s"
+        log(f"{name}: venv {made}: {env['versions']}")
+        system = peer_system(name, config, names, WORK)
+        started.append(system)
+        if not start(system, "/v2/health/ready", None, infos):
+            continue
+        checked = check_answers(system.base, names, bodies, answers)
+        infos[name] |= {"env": env, "settings": peer_settings(name, config, names),
+                        "answers": checked}
+        for m, why in checked.items():
+            log(f"  {name} {m}: {'answers as FinServe does' if why is None else why}")
+        targets.append(Target(name, system.base, "v2",
+                              frozenset(m for m, why in checked.items() if why is None)))
+    return targets
+
+
+def check_answers(base: str, models: list[str], bodies: dict[tuple[str, str, int], Path],
+                  answers: Answers) -> dict[str, str | None]:
+    """Per model, why the V2 answers at ``base`` to the bodies of 1 and BATCH instances
+    differ from FinServe's (``answers``), or None when they are the same."""
+    out: dict[str, str | None] = {}
+    for m in models:
+        out[m] = None
+        for n in (1, BATCH):
+            status, expected = answers.get((m, "v2", n), (0, b""))
+            if status != 200:
+                out[m] = f"no answer of FinServe's to check against ({n}-instance body)"
+                break
+            got = http(base + route_path(m, "v2"), bodies[(m, "v2", n)].read_bytes())
+            if (why := peer_answers.check(*got, expected)) is not None:
+                out[m] = f"its answer to the {n}-instance body is not FinServe's: {why}"
+                break
+    return out
 
 
 def python_proxy_beside(config: Path, default: System, first: tuple[str, bytes],
@@ -481,20 +547,30 @@ def _tail(text: str, lines: int = 5) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def save_answers(base: str, models: list[str],
-                 bodies: dict[tuple[str, str, int], Path]) -> list[str]:
-    """FinServe's answers to the batched V2 and task bodies, for the floor to send back;
-    the models it answered both for."""
+def fetch_answers(base: str, models: list[str],
+                  bodies: dict[tuple[str, str, int], Path]) -> Answers:
+    """FinServe's answers to the V2 and task bodies of 1 and BATCH instances."""
+    answers: Answers = {}
+    for m in models:
+        for route in ("v2", "task"):
+            for n in (1, BATCH):
+                body = bodies[(m, route, n)]
+                answers[(m, route, n)] = http(base + route_path(m, route), body.read_bytes(),
+                                              headers=request_headers(body))
+    return answers
+
+
+def save_answers(answers: Answers, models: list[str]) -> list[str]:
+    """Keep FinServe's answers to the batched V2 and task bodies for the floor to send
+    back; the models it answered both for."""
     shutil.rmtree(floor.ANSWERS, ignore_errors=True)
     floor.ANSWERS.mkdir(parents=True)
     answered = []
     for m in models:
         statuses = []
-        for route, path in (("v2", f"/v2/models/{m}/infer"), ("task", task_path(m))):
-            body = bodies[(m, route, BATCH)]
-            status, answer = http(base + path, body.read_bytes(),
-                                  headers=request_headers(body))
-            floor.answer_file(path).write_bytes(answer)
+        for route in ("v2", "task"):
+            status, answer = answers.get((m, route, BATCH), (0, b""))
+            floor.answer_file(route_path(m, route)).write_bytes(answer)
             statuses.append(status)
         if statuses == [200, 200]:
             answered.append(m)
