@@ -44,7 +44,8 @@ reliability: install  ## load, replica loss, hostile input, decision trail; make
 	FINSERVE_RELIABILITY_SECONDS=$(RELIABILITY_SECONDS) \
 		$(BIN)/python -m pytest tests/reliability -m reliability -q -s --timeout 1800
 
-bench: install  ## benchmarks against baselines; results in docs/benchmarks.md
+bench: install  ## benchmarks against baselines and peers; results in docs/benchmarks.md
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 # A real single-node Kubernetes cluster built here from source (tools/cluster/, needs root):
