@@ -80,17 +80,6 @@ class ColumnReference(BaseModel):
                                "(-inf, e1], (e1, e2], ..., (ek, +inf).")
     shares: list[float] = Field(description="Share of the training rows in each bin.")
 
-    def values(self, raw: np.ndarray | None,
-               outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
-        """This column of a batch (its raw input and answers); None when it has none."""
-        array = raw if self.source == INPUT else outputs.get(self.source)
-        if array is None:
-            return None
-        if self.column is None:
-            return array if array.ndim == 1 else None
-        return array[:, self.column] if array.ndim == 2 and array.shape[1] > self.column \
-            else None
-
 
 class DriftReference(BaseModel):
     """A version's training distribution per monitored column (``serving.drift``)."""
@@ -135,32 +124,40 @@ class Binning:
         self.edges = [np.asarray(c.edges, np.float64) for c in self.columns]
         self.sizes = np.array([len(e) + 1 for e in self.edges], np.int64)
         # each column's bins, then one slot for rows that lack the column
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes + 1)[:-1]]).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(self.sizes + 1)[:-1]]).astype(np.int64)
+        self.offsets = offsets[:, None]
         self.reads_input = any(c.source == INPUT for c in self.columns)
+        # what ``indices`` reads per column, as plain values (it runs on every request)
+        self._plan = [(c.source == INPUT, c.source, c.column, edges, int(size))
+                      for c, edges, size in zip(self.columns, self.edges, self.sizes,
+                                                strict=True)]
 
     def indices(self, rows: int, raw: np.ndarray | None,
                 outputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The bin of each of ``rows`` rows in each column, ``[rows, columns]``: one
+        """The bin of each of ``rows`` rows in each column, ``[columns, rows]``: one
         ``np.searchsorted`` per column; a column the batch lacks gets its missing slot."""
-        out = np.empty((rows, len(self.columns)), np.int16)
-        for j, (col, edges) in enumerate(zip(self.columns, self.edges, strict=True)):
-            values = col.values(raw, outputs)
-            if values is None or len(values) != rows:
-                out[:, j] = self.sizes[j]
+        out = np.empty((len(self._plan), rows), np.int16)
+        for j, (is_input, source, column, edges, size) in enumerate(self._plan):
+            array = raw if is_input else outputs.get(source)
+            if array is not None and column is not None:
+                array = array[:, column] if array.ndim == 2 and array.shape[1] > column \
+                    else None
+            if array is None or array.shape != (rows,):
+                out[j] = size
             else:
-                out[:, j] = np.searchsorted(edges, values, side="left")
+                out[j] = np.searchsorted(edges, array, side="left")
         return out
 
     def counts(self, indices: np.ndarray) -> np.ndarray:
         """Rows per bin of every column, missing slots included (flat, by ``offsets``)."""
-        total = int(self.offsets[-1] + self.sizes[-1] + 1) if len(self.sizes) else 0
+        total = int(self.offsets[-1, 0] + self.sizes[-1] + 1) if len(self.sizes) else 0
         return np.bincount((indices + self.offsets).ravel(), minlength=total)
 
     def report(self, counts: np.ndarray) -> dict[str, tuple[float, int]]:
         """(PSI, rows) of every column from flat ``counts``."""
         out = {}
-        for name, col, start, size in zip(self.names, self.columns, self.offsets, self.sizes,
-                                           strict=True):
+        for name, col, start, size in zip(self.names, self.columns, self.offsets[:, 0],
+                                           self.sizes, strict=True):
             binned = counts[start:start + size]
             out[name] = (psi(col.shares, binned), int(binned.sum()))
         return out
@@ -171,24 +168,25 @@ class Window:
 
     def __init__(self, binning: Binning, size: int) -> None:
         self.binning = binning
-        self.ring = np.zeros((size, len(binning.columns)), np.int16)
+        self.ring = np.zeros((len(binning.columns), size), np.int16)
         self.filled = 0
         self.position = 0
 
     def add(self, indices: np.ndarray) -> None:
-        size, n = len(self.ring), len(indices)
+        """Keep the bins of a batch's rows (``[columns, rows]``), the oldest rows out."""
+        size, n = self.ring.shape[1], indices.shape[1]
         if n >= size:
-            self.ring[:], self.position, self.filled = indices[-size:], 0, size
+            self.ring[:], self.position, self.filled = indices[:, -size:], 0, size
             return
         first = min(n, size - self.position)
-        self.ring[self.position:self.position + first] = indices[:first]
-        self.ring[:n - first] = indices[first:]
+        self.ring[:, self.position:self.position + first] = indices[:, :first]
+        self.ring[:, :n - first] = indices[:, first:]
         self.position = (self.position + n) % size
         self.filled = min(size, self.filled + n)
 
     def report(self) -> dict[str, tuple[float, int]]:
         """(PSI, rows) of every column over the rows in the window."""
-        return self.binning.report(self.binning.counts(self.ring[:self.filled]))
+        return self.binning.report(self.binning.counts(self.ring[:, :self.filled]))
 
 
 def input_columns(task: Task) -> list[tuple[str, int, list[float] | None]]:

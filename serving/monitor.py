@@ -84,13 +84,13 @@ class _Counts:
 
     def add(self, indices: np.ndarray) -> None:
         self.pending.append(indices)
-        self.rows += len(indices)
+        self.rows += indices.shape[1]
         if self.rows >= FLUSH_ROWS:
             self.flush()
 
     def flush(self) -> np.ndarray:
         if self.pending:
-            counted = self.binning.counts(np.concatenate(self.pending))
+            counted = self.binning.counts(np.concatenate(self.pending, axis=1))
             self.counts = counted + self.counts if len(self.counts) else counted
             self.pending, self.rows = [], 0
         return self.counts
