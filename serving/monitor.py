@@ -197,6 +197,8 @@ def plot(report: DriftReport, path: str | Path) -> Path:
         ax.tick_params(axis="y", labelsize=8)
         ax.set_title(f"version {version}: {report.records[version]} decisions, "
                      f"{rows[0].rows} rows", fontsize=9)
+    highest = max((f.psi for f in report.features if f.psi == f.psi), default=0.0)
+    axes[-1, 0].set_xlim(0, max(ACT * 1.2, highest * 1.12))  # room for the values
     axes[-1, 0].set_xlabel("population stability index (PSI) against the training data; "
                            "lines at 0.1 (watch) and 0.25 (act)", fontsize=8)
     bands = dict.fromkeys(f.band for f in report.features)
