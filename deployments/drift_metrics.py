@@ -64,10 +64,13 @@ class ModelDrift:
             return None
         if reference is None or not reference.columns:
             self.skip[version] = math.inf
-            log.warning("drift: %s v%s is not monitored: %s", self.model, version,
-                        "its manifest has no drift_reference (trained before drift "
-                        f"monitoring; a version trained now has one: finserve train "
-                        f"{self.model})" if reference is None else reference.note)
+            if reference is None:
+                log.warning("drift: %s v%s is not monitored: its manifest has no "
+                            "drift_reference (trained before drift monitoring; a version "
+                            "trained now has one)", self.model, version)
+            else:
+                log.info("drift: %s v%s is not monitored: %s", self.model, version,
+                         reference.note)
             return None
         window = self.windows[version] = Window(Binning(reference), self.settings.window_rows)
         return window

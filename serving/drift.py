@@ -124,8 +124,7 @@ class Binning:
         self.edges = [np.asarray(c.edges, np.float64) for c in self.columns]
         self.sizes = np.array([len(e) + 1 for e in self.edges], np.int64)
         # each column's bins, then one slot for rows that lack the column
-        offsets = np.concatenate([[0], np.cumsum(self.sizes + 1)[:-1]]).astype(np.int64)
-        self.offsets = offsets[:, None]
+        self.offsets = np.cumsum(np.concatenate([[0], self.sizes + 1]))[:-1, None]
         self.reads_input = any(c.source == INPUT for c in self.columns)
         # what ``indices`` reads per column, as plain values (it runs on every request)
         self._plan = [(c.source == INPUT, c.source, c.column, edges, int(size))
@@ -150,8 +149,7 @@ class Binning:
 
     def counts(self, indices: np.ndarray) -> np.ndarray:
         """Rows per bin of every column, missing slots included (flat, by ``offsets``)."""
-        total = int(self.offsets[-1, 0] + self.sizes[-1] + 1) if len(self.sizes) else 0
-        return np.bincount((indices + self.offsets).ravel(), minlength=total)
+        return np.bincount((indices + self.offsets).ravel(), minlength=int(sum(self.sizes + 1)))
 
     def report(self, counts: np.ndarray) -> dict[str, tuple[float, int]]:
         """(PSI, rows) of every column from flat ``counts``."""

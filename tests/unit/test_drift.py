@@ -222,7 +222,7 @@ def test_the_gateway_publishes_psi_gauges_per_model_version_and_feature(
         (tags["model"], tags["version"], tags["feature"]), value))
     app = gw.__serve_build_asgi_app__()
     raw = get_task("fraud").sample_data(seed=16, n=64).raw
-    with caplog.at_level(logging.WARNING, logger="finserve.drift"):
+    with caplog.at_level(logging.INFO, logger="finserve.drift"):
         assert _post(app, "/v2/models/fraud/infer", _v2(raw)) == [200]
         body = json.loads((Path(__file__).parents[1] / "testdata" /
                            "forecast_task_request.json").read_text())
