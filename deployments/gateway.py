@@ -18,6 +18,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.deploy import IngressTimeouts
+from deployments.drift_metrics import DriftMetrics
 from deployments.http import (
     ADMITTED_SCOPE_KEY,
     KEY_SCOPE_KEY,
@@ -85,6 +86,7 @@ class Gateway:
         self.recorder = (Recorder(self.args.audit, alone=self.in_flight.alone)
                          if self.args.audit.enabled else None)
         self.metrics = GatewayMetrics()
+        self.drift = DriftMetrics(self.store, self.args.models)
         self._background: set[asyncio.Task[None]] = set()
         if not self.require_auth:
             log.warning("FinServe is running OPEN: no API key is required (security.require_auth)")
@@ -158,6 +160,7 @@ class Gateway:
             response.headers[DECISION_HEADER] = decision_id(record)
         self.metrics.outcomes(served.name, version, outputs,
                               served.task.outputs_with("decision"))
+        self.drift.observe(served.name, version, raw, outputs)
         if served.shadow and served.shadow != version:
             task = asyncio.create_task(
                 self._shadow(served, version, raw, request_params, outputs, rid))

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from rich.table import Table
 
 from rollout.cli import rollout_app
 from serving.config import AppArgs
+from serving.drift import DEFAULT_MIN_ROWS
 from serving.settings import Environment
 from serving.store import ModelStore
 from serving.tasks import TASKS
@@ -231,6 +233,62 @@ def compare_cmd(model: Annotated[str, typer.Argument(help="Model name.")],
         console.print(f"no shadow answers for '{model}' in {trail}")
         raise typer.Exit(1)
     console.print_json(data=report)
+
+
+BAND_STYLE = {"stable": "green", "watch": "yellow", "act": "bold red", "few rows": "dim"}
+
+
+@app.command("monitor")
+def monitor_cmd(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    last: Annotated[str | None, typer.Option(
+        help="The window ending now (or at --until): 30m, 24h, 7d ... Default 24h unless "
+        "--since is given.")] = None,
+    since: Annotated[str | None, typer.Option(help="Start, ISO 8601 (UTC unless zoned).")]
+    = None,
+    until: Annotated[str | None, typer.Option(help="End, ISO 8601; default now.")] = None,
+    version: Annotated[str | None, typer.Option(help="Only this version.")] = None,
+    png: Annotated[Path | None, typer.Option(help="Also draw the report into this PNG.")]
+    = None,
+    min_rows: Annotated[int, typer.Option(min=1, help="Rows a column needs to be judged.")]
+    = DEFAULT_MIN_ROWS,
+    trail: TrailOpt = "audit",
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Drift of a model's recorded traffic from its training data: PSI per input column
+    and score (stable <= 0.1 < watch <= 0.25 < act). Exits 1 when a column is in act, 2
+    when there is nothing to judge."""
+    from serving.monitor import drift_report, duration, moment, plot
+
+    if last and since:
+        raise typer.BadParameter("give --since or --last, not both")
+    try:
+        end = moment(until) if until else datetime.now(UTC)
+        start = moment(since) if since else None
+        if last or start is None:
+            start = end - duration(last or "24h")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    report = drift_report(trail, ModelStore(store), model, start, end, version, min_rows)
+    table = Table("version", "feature", "kind", "rows", "PSI", "band",
+                  title=f"{model}: PSI against the training data, {start:%Y-%m-%d %H:%M} to "
+                  f"{end:%Y-%m-%d %H:%M} UTC")
+    for f in report.features:
+        table.add_row(f.version, f.feature, f.kind, str(f.rows), f"{f.psi:.4f}",
+                      f"[{BAND_STYLE[f.band]}]{f.band}[/]")
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[dim]·[/] {note}")
+    if png is not None and report.features:
+        try:
+            console.print(f"wrote {plot(report, png)}")
+        except ImportError:
+            console.print("[yellow]no PNG: matplotlib is not installed[/] (pip install "
+                          "matplotlib; `make serve` installs it)")
+    if not report.features:
+        console.print(f"no decisions of '{model}' to compare in {trail} over that window")
+        raise typer.Exit(2)
+    raise typer.Exit(1 if report.act else 0)
 
 
 def served_config(config_path: str) -> tuple[dict[str, Any], AppArgs]:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serving.drift import DEFAULT_MIN_ROWS
 from serving.tasks import TASKS
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
@@ -83,6 +84,30 @@ class ModelStageSettings(Stage):
     inter_op_threads: int | None = Field(1, ge=1, description="TF inter-op threads per replica.")
 
 
+class Drift(_Strict):
+    """Drift monitoring in the gateway replicas: the population stability index (PSI) of
+    each input column and score against the version's training data (serving/drift.py),
+    as the gauge finserve_psi{model,version,feature} (docs/monitoring.md)."""
+
+    enabled: bool = Field(True, description="Publish PSI gauges for this model (its versions "
+                          "trained with a drift reference; others are served unmonitored).")
+    window_rows: int = Field(2000, ge=100, le=1_000_000, description="PSI over the last this "
+                             "many rows the replica answered, per version.")
+    min_rows: int = Field(DEFAULT_MIN_ROWS, ge=50, description="No PSI until the window holds "
+                          "this many rows: by chance alone PSI is about (bins - 1) / rows.")
+    publish_interval_s: float = Field(5.0, gt=0, description="Update the gauges at most this "
+                                      "often (when a request of the model is answered).")
+    idle_s: float = Field(900.0, gt=0, description="A version that answered nothing for this "
+                          "long (retired from routing) gets NaN gauges, which fire no alert, "
+                          "and its window is dropped.")
+
+    @model_validator(mode="after")
+    def _enough_rows(self) -> Drift:
+        if self.min_rows > self.window_rows:
+            raise ValueError("drift.min_rows must not exceed drift.window_rows")
+        return self
+
+
 class ModelSettings(_Strict):
     """One served model: its task, versions and stage settings."""
 
@@ -105,6 +130,7 @@ class ModelSettings(_Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Postprocessing options (decision thresholds)."
     )
+    drift: Drift = Field(default_factory=Drift, description="Drift monitoring (PSI gauges).")
 
     @field_validator("name")
     @classmethod

@@ -38,6 +38,7 @@ import fsspec
 from pydantic import BaseModel, Field
 
 from serving import __version__
+from serving.drift import DriftReference
 from serving.errors import (
     FinServeError,
     ModelNotFound,
@@ -88,6 +89,11 @@ class Manifest(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict, description="Epochs, seed, sizes.")
     package_version: str = Field(default=__version__, description="finserve that trained it.")
     framework: dict[str, str] = Field(default_factory=dict, description="TF and Keras versions.")
+    drift_reference: DriftReference | None = Field(
+        None, description="The training distribution of each raw input column and score "
+        "output, which drift (PSI) is measured against (serving/drift.py). Not covered by "
+        "the digests: it steers monitoring, never an answer. None in manifests written "
+        "before drift monitoring: such a version is served, not monitored.")
 
 
 def utc_now() -> str:

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from serving.drift import DriftReference, reference_for
 from serving.store import SAVED_MODEL_DIR, Manifest, ModelStore, utc_now
-from serving.tasks import Dataset, Task, get_task
+from serving.tasks import Dataset, PostprocessContext, Task, get_task
 
 SIGNATURE = "serving_default"
 #: progress callback: (epoch done, epochs, logs)
@@ -118,8 +119,22 @@ def train(
             preprocessing=task.stored_params(params),
             training={"epochs": epochs, "seed": seed, "batch_size": task.batch_size},
             framework=_framework(),
+            drift_reference=drift_reference(task, train_set, holdout, outputs, params),
         )
         return store.publish(model_name, export_dir, manifest)
+
+
+def drift_reference(task: Task, train_set: Dataset, holdout: Dataset,
+                    outputs: dict[str, np.ndarray], params: dict[str, Any]) -> DriftReference:
+    """The version's training distribution (serving/drift.py): its raw input columns over
+    the training rows, its scores over the held-out answers (postprocessed with the
+    default options, as served)."""
+    answers: dict[str, np.ndarray] = {}
+    if task.outputs_with("score"):
+        ctx = PostprocessContext(params, task.options(None), task.request_params(None),
+                                 task.context(holdout.raw, params))
+        answers = task.postprocess(outputs, ctx)
+    return reference_for(task, train_set.raw, answers)
 
 
 def _fit(task: Task, train_set: Dataset, params: dict[str, Any], epochs: int,

@@ -259,5 +259,11 @@ def test_the_grafana_dashboard_ships_as_a_configmap_over_finserve_metrics():
     board = json.loads(dashboard["data"]["finserve.json"])
     exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
     for metric in ("finserve_requests", "finserve_stage_latency_ms", "finserve_batch_size",
-                   "finserve_decisions", "finserve_shadow_answers"):
+                   "finserve_decisions", "finserve_shadow_answers", "finserve_psi"):
         assert metric in exprs
+    drift = [p for p in board["panels"] if "ray_finserve_psi" in p["targets"][0]["expr"]]
+    assert {p["type"] for p in drift} == {"timeseries", "bargauge"}
+    for panel in drift:  # coloured by band: watch above 0.1, act above 0.25
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert [s["value"] for s in steps] == [None, 0.1, 0.25]
+        assert "feature" in panel["targets"][0]["legendFormat"]
