@@ -325,10 +325,23 @@ class GatewayRoute(APIRoute):
         async def route(request: Request) -> Response:
             check = getattr(request.app.state, PATH_CHECK, None)
             if check is not None:
-                check(request.path_params)
+                check(_named(request))
             return await handler(GatewayRequest(request.scope, request.receive))
 
         return route
+
+
+def _named(request: Request) -> dict[str, Any]:
+    """The model and version a request names: in its path parameters, the model of a task
+    route's fixed path, and a version pinned with ``?version=``."""
+    named = dict(request.path_params)
+    path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+    if "model" not in named and (model := model_in_path(path)):
+        named["model"] = model
+    pinned = request.query_params.get("version")
+    if pinned is not None:
+        named.setdefault("version", pinned)
+    return named
 
 
 class _Refused(Exception):

@@ -231,7 +231,9 @@ def test_v2_metadata_of_a_list_input_bounds_every_element(open_app):
 
 @pytest.mark.parametrize("path", ["/v2/models/nope/infer", "/v1/models/nope:predict",
                                   "/v1/nope/score", "/v2/models/fraud/versions/9/infer",
-                                  "/v1/models/fraud/versions/9:predict"])
+                                  "/v1/models/fraud/versions/9:predict",
+                                  "/v1/fraud/score?version=9", "/v2/models/fraud/infer?version=9",
+                                  "/v1/models/fraud:predict?version=9"])
 @pytest.mark.parametrize("content", [b"{not json", b"{}", b'{"inputs": 3}'])
 def test_an_unknown_model_or_version_is_a_404_before_the_body_is_read(open_app, path, content):
     (response,) = open_app.send([{"method": "POST", "url": path, "content": content,
