@@ -27,8 +27,9 @@ generate: install  ## rewrite what the default models list and the tasks feed (t
 lint: install
 	$(BIN)/ruff check .
 
-test: install tools lint  ## unit, integration (a real local Ray Serve), chart; not e2e (make e2e)
-	$(BIN)/python -m pytest --ignore=tests/e2e
+# not e2e (make e2e) nor the real-Prometheus check of the dashboard and alerts (make reliability)
+test: install tools lint  ## unit, integration (a real local Ray Serve), chart, reliability (short)
+	$(BIN)/python -m pytest --ignore=tests/e2e --ignore=tests/reliability/test_7_prometheus.py
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
@@ -40,7 +41,8 @@ test-chart: tools
 	$(BIN)/python -m pytest tests/chart
 
 RELIABILITY_SECONDS ?= 120
-reliability: install  ## load, replica loss, hostile input, decision trail; make test runs it short
+reliability: install tools  ## load, replica loss, hostile input, decision trail, dashboard and alerts on a real Prometheus
+	tools/install_prometheus.sh
 	FINSERVE_RELIABILITY_SECONDS=$(RELIABILITY_SECONDS) \
 		$(BIN)/python -m pytest tests/reliability -m reliability -q -s --timeout 1800
 
