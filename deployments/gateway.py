@@ -18,6 +18,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.deploy import IngressTimeouts
+from deployments.grpc_ingress import GrpcInference
 from deployments.http import (
     ADMITTED_SCOPE_KEY,
     KEY_SCOPE_KEY,
@@ -59,8 +60,8 @@ DECISION_HEADER = "x-decision-id"
 
 @serve.deployment
 @serve.ingress()
-class Gateway:
-    """HTTP ingress of every served model."""
+class Gateway(GrpcInference):
+    """HTTP and gRPC ingress of every served model."""
 
     def __init__(self, args: dict[str, Any],
                  handles: dict[str, dict[str, DeploymentHandle]]) -> None:
