@@ -51,12 +51,6 @@ SERVED_RPCS = ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "Mod
                "ModelInfer")
 
 
-def grpc_options(port: int) -> dict[str, Any]:
-    """The Serve config's ``grpc_options`` that serve the protocol on ``port`` (0: no gRPC)."""
-    return {"port": port,
-            "grpc_servicer_functions": [grpc_v2.SERVICER_FUNCTION] if port else []}
-
-
 def _serve_request_id() -> str:
     """The id Ray Serve gave this call (its ``request_id`` metadata, else its own), as its
     logs carry it; a fresh one outside Serve."""

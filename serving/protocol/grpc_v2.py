@@ -17,11 +17,13 @@ a 4-byte little-endian length and its UTF-8 bytes, as in the HTTP binary extensi
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
 
 from serving.errors import InvalidInput
 from serving.protocol import binary
@@ -31,8 +33,19 @@ from serving.protocol.v2 import InferenceRequest, ModelMetadata, RequestInput, R
 #: the gRPC service and the import path of the function that registers it on a server
 #: (Ray Serve's ``grpc_options.grpc_servicer_functions``)
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-SERVICER_FUNCTION = (
-    "tritonclient.grpc.service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server")
+SERVICER_FUNCTION = "serving.protocol.grpc_v2.add_servicer"
+
+# tritonclient's generated messages give 'grpc_service_pb2' (the .proto's stem) as their
+# module, which nothing can import, and pickle finds a class by its module: Ray Serve's
+# Python proxy pickles each request message for the replica. That name is ``pb``.
+sys.modules.setdefault(pb.ModelInferRequest.__module__, pb)
+
+
+def add_servicer(servicer: Any, server: Any) -> None:
+    """Register ``inference.GRPCInferenceService`` on a gRPC server: the servicer function
+    Ray Serve's proxies and replicas call (importing this module first, so the messages
+    pickle)."""
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
 
 #: the gRPC status code (by name) of each HTTP status an error carries. 413 (a message or
 #: batch over the limit) is RESOURCE_EXHAUSTED, as gRPC itself answers a message over its
