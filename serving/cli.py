@@ -290,8 +290,8 @@ def serve_cmd(
     http = serve_config["http_options"]
     try:
         _serve_until_stopped(serve_config, num_cpus, lambda: _print_ready(
-            http["host"], http["port"], serve_config["grpc_options"]["port"],
-            time.perf_counter() - started, args.security.require_auth))
+            http["host"], http["port"], time.perf_counter() - started,
+            args.security.require_auth, serve_config["grpc_options"]["port"]))
     finally:
         _stop_haproxy(haproxy_dir)
         console.print("stopped; port released")
@@ -392,8 +392,8 @@ def _serve_environment(proxy: Proxy, metrics_host: str) -> str | None:
     return haproxy_dir
 
 
-def _print_ready(host: str, port: int, grpc_port: int, seconds: float,
-                 require_auth: bool) -> None:
+def _print_ready(host: str, port: int, seconds: float, require_auth: bool,
+                 grpc_port: int = 0) -> None:
     base = f"http://{host}:{port}"
     console.print(f"\n[bold green]FinServe is serving on {base}[/] (ready in {seconds:.1f}s)")
     if grpc_port:
