@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from deployments.served import Served
     from serving.security import ApiKey
 
-#: the trailing metadata key of the recorded decision's id (``finserve audit replay``)
-DECISION_METADATA = "x-decision-id"
 #: the RPCs FinServe answers; Triton's others answer UNIMPLEMENTED
 SERVED_RPCS = ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata",
                "ModelInfer")
@@ -75,7 +73,7 @@ class GrpcCall:
 
     @classmethod
     def of(cls, route: str, grpc_context: Any) -> GrpcCall:
-        from deployments.gateway import ROUTING_KEY  # the canary's stickiness key
+        from deployments.gateway import ROUTING_KEY  # (gateway.py imports this module)
 
         metadata = {k.lower(): v for k, v in grpc_context.invocation_metadata()
                     if isinstance(v, str)}  # binary (-bin) metadata is not for us
@@ -99,7 +97,9 @@ class GrpcCall:
 
     def answered(self) -> None:
         """The version and decision id ``Gateway.answer`` set, as trailing metadata."""
-        for name in (VERSION_HEADER, DECISION_METADATA):
+        from deployments.gateway import DECISION_HEADER
+
+        for name in (VERSION_HEADER, DECISION_HEADER):
             if name in self.response.headers:
                 self.trailing[name] = self.response.headers[name]
 
