@@ -57,5 +57,5 @@ RUN python -c "import ray, tensorflow, deployments.app, serving.store, rollout.c
 print('finserve image: ray', ray.__version__, 'tensorflow', tensorflow.__version__, \
       'package', deployments.app.__file__)"
 
-# Serve HTTP, dashboard, GCS, Ray client, metrics (KubeRay names and wires these ports).
-EXPOSE 8000 8265 6379 10001 8080
+# Serve HTTP and gRPC, dashboard, GCS, Ray client, metrics (KubeRay names and wires these ports).
+EXPOSE 8000 9000 8265 6379 10001 8080

@@ -20,6 +20,7 @@ SYSTEMS = {
     "finserve-v2": "FinServe V2",
     "finserve-task": "FinServe task route",
     "finserve-v2bin": "FinServe V2, binary tensors",
+    "finserve-grpc": "FinServe gRPC (ModelInfer, raw contents)",
     "finserve-default-v2": "FinServe V2, Ray's Python proxy",
     "finserve-default-task": "FinServe task, Ray's Python proxy",
     "finserve-haproxy-v2": "FinServe V2, HAProxy (beside the Python proxy run)",
@@ -30,6 +31,8 @@ SYSTEMS = {
     "mlserver": "MLServer, V2",
 }
 C32, C1 = "single c=32", "single c=1"
+#: the load generators' own ceilings (wrk's, and the gRPC one's: part grpc)
+CEILINGS = ("wrk-ceiling", "grpc-ceiling")
 #: issue 17's peers (their part and system name in a run) and the points it compares at:
 #: models, instances per request, connections
 PEERS = {"kserve": "KServe", "mlserver": "MLServer"}
@@ -389,11 +392,49 @@ def _load(p: dict[str, Any]) -> str:
 
 def _headroom(ceiling: dict[str, Any] | None, points: list[dict[str, Any]]) -> str:
     """How far wrk's ceiling is above the fastest system measured."""
-    best = max((p["rps"] for p in points if p["system"] != "wrk-ceiling"), default=0.0)
+    best = max((p["rps"] for p in points if p["system"] not in CEILINGS), default=0.0)
     if not ceiling or not best:
         return "."
     return (f"; {ceiling['rps'] / best:.0f}x the fastest system below ({_f(best, 0)} req/s), "
             "so no figure here is the generator's limit.")
+
+
+GRPC_INTRO = [
+    "", "## gRPC", "",
+    "FinServe's Open Inference Protocol over gRPC (`inference.GRPCInferenceService/"
+    "ModelInfer` on `--grpc-port`, through HAProxy's gRPC frontend to the gateway "
+    "replicas' own gRPC servers), the request as tritonclient.grpc sends it (the tensor "
+    "in `raw_input_contents`) and every output answered in `raw_output_contents`, beside "
+    "the same server's HTTP V2 routes in the same run, interleaved point by point (part "
+    "`grpc`). The load comes from `benchmarks/grpcload.py` (grpcio, asyncio, closed loop: "
+    "c calls in flight, each on a connection of its own); its ceiling is measured alone "
+    "against a trivial gRPC server answering a message the request's size at once.", ""]
+
+
+def _grpc_table(r: dict[str, Any], pts: Points) -> list[str]:
+    """gRPC beside HTTP V2 (JSON, and binary tensors for batches), and the gRPC load
+    generator's own ceiling, per model and scenario."""
+    rows = []
+    for m in r["models"]:
+        for sc in (s["name"] for s in r["scenarios"]):
+            g = pts.get("finserve-grpc", m, sc)
+            if not g:
+                continue
+            cells = []
+            for system in ("finserve-v2", "finserve-v2bin", "grpc-ceiling"):
+                p = pts.get(system, m, sc)
+                cells += [_f(p["rps"]) if p else "-", _f(p["p99_ms"], 2) if p else "-"]
+            err = f"{g['errors']} {g['errors_by_kind']}" if g["errors"] else "0"
+            rows.append(f"| {m} | {sc} | {_f(g['rps'])} | {_f(g['instances_per_s'], 0)} | "
+                        f"{_f(g['p50_ms'], 2)} | {_f(g['p99_ms'], 2)} | {err} | "
+                        + " | ".join(cells) + " |")
+    if not rows:
+        return [*GRPC_INTRO, "Not measured in this run (part `grpc`)."]
+    return [*GRPC_INTRO,
+            "| model | scenario | gRPC req/s | instances/s | p50 ms | p99 ms | errors | "
+            "V2 JSON req/s | p99 ms | V2 binary req/s | p99 ms | gRPC generator's ceiling "
+            "req/s | p99 ms |",
+            "| --- | --- |" + " ---: |" * 11, *rows]
 
 
 def _floor_table(r: dict[str, Any], pts: Points, models: list[str]) -> list[str]:
@@ -484,6 +525,7 @@ def write_report(r: dict[str, Any], json_path: Path, doc: Path) -> None:
         *_ratio_table(r, pts, models),
         *_peer_table(r, pts),
         *_model_tables(r, pts, models),
+        *_grpc_table(r, pts),
         *_floor_table(r, pts, models),
         *_cpu_table(r, pts, models),
         *_proxy_table(pts),
@@ -543,6 +585,10 @@ SYSTEMS_SECTION = [
     "the binary tensor data extension both ways, the body as Triton's HTTP client builds "
     "it (JSON header, then the raw tensor; every output asked for as binary); batched "
     "requests only. |",
+    "| FinServe gRPC | the same server's `--grpc-port`: `ModelInfer` of "
+    "`inference.GRPCInferenceService` with the tensor in `raw_input_contents` (as "
+    "tritonclient.grpc sends it), loaded by `benchmarks/grpcload.py`; fraud only (part "
+    "`grpc`). |",
     "| FinServe …, Ray's Python proxy | the same with `--proxy python` (Ray Serve's "
     "default proxy actor); sentiment, 1 instance per request only. |",
     "| (a) seed: keras predict | one uvicorn process, sync FastAPI endpoint "

@@ -6,7 +6,9 @@ per request, (b) a hand-written single-process FastAPI app calling the signature
 the signature in this process at its best batch size, and the peers KServe's ModelServer
 and MLServer (``benchmarks/peers/``, each from a venv of its own) serving FinServe's
 pipeline. Load comes from wrk, whose own ceiling against a trivial server is measured in
-the same run. Raw results go to
+the same run; part ``grpc`` adds FinServe's Open Inference Protocol over gRPC beside its
+HTTP routes (fraud), loaded by ``benchmarks/grpcload.py``, whose ceiling against a trivial
+gRPC server is measured in the same run too. Raw results go to
 ``benchmarks/results/<date>-<commit>[-quick].json``, tables and pass/fail lines of the
 issue's targets to ``docs/benchmarks.md``, plots to ``benchmarks/results/``.
 """
@@ -29,7 +31,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from benchmarks import floor
+from benchmarks import floor, grpcload
 from benchmarks.loadgen import request_headers, require_wrk, wrk
 from benchmarks.peers import answers as peer_answers
 from benchmarks.peers.launch import PEERS, PeerEnv, PeerSetupError, peer_settings, peer_system
@@ -46,7 +48,10 @@ CONCURRENCY = (1, 8, 32, 128)
 #: with the server's best (its capacity), and all show
 BATCH, BATCH_CONCURRENCY = 64, (1, 8, 32)
 PARTS = ("ceiling", "inprocess", "app", "a", "b", "finserve", *PEERS, "haproxy", "floor",
-         "autoscale")
+         "autoscale", "grpc")
+#: part ``grpc``: the models and connections its points are measured at (1 and BATCH
+#: instances per request), and the route its bodies are kept under
+GRPC_MODELS, GRPC_CONNECTIONS, GRPC = frozenset({"fraud"}), (1, 8, 32), "grpc"
 #: FinServe's answers to the bodies of 1 and BATCH instances: (status, body) by
 #: (model, route, instances), as ``Bench.bodies`` keys them
 Answers = dict[tuple[str, str, int], tuple[int, bytes]]
@@ -137,6 +142,9 @@ def write_inputs(models: list[str], audit: bool = True,
                 bodies[(model, route, n)] = path
             if n == BATCH:
                 bodies[(model, "v2bin", n)] = _binary_body(model, spec.name, raw, spec.datatype)
+            path = WORK / "bodies" / f"{model}-{GRPC}-{n}.pb"
+            path.write_bytes(grpcload.request_body(model, spec.name, raw, spec.datatype))
+            bodies[(model, GRPC, n)] = path
     return config_path, bodies
 
 
@@ -170,12 +178,18 @@ def route_path(model: str, route: str) -> str:
 @dataclass(frozen=True)
 class Target:
     """One system's route: where a point's requests go; ``models``: those it is timed on
-    (None: all; a peer only on those it answered as FinServe does)."""
+    (None: all; a peer only on those it answered as FinServe does); ``connections``: the
+    concurrencies it is timed at (None: all). Route ``grpc``: ``base`` is host:port."""
 
     system: str
     base: str
     route: str
     models: frozenset[str] | None = None
+    connections: frozenset[int] | None = None
+
+    def measures(self, model: str, sc: Scenario) -> bool:
+        return ((self.models is None or model in self.models)
+                and (self.connections is None or sc.connections in self.connections))
 
 
 @dataclass
@@ -191,13 +205,19 @@ class Bench:
         body = self.bodies.get((model, target.route, sc.instances))
         if body is None:  # this route has no body of this size (binary: batches only)
             return
-        if target.models is not None and model not in target.models:
+        if not target.measures(model, sc):
             return
-        url = target.base + route_path(model, target.route)
-        status, settle_s = settle(url, body)
-        load_before = os.getloadavg()[0]
-        r = wrk(url, body, sc.connections, self.seconds, self.warmup)
-        drain_s = settle(url, body)[1]
+        if target.route == GRPC:
+            status, settle_s = settle_grpc(target.base, body)
+            load_before = os.getloadavg()[0]
+            r = grpcload.run(target.base, body, sc.connections, self.seconds, self.warmup)
+            drain_s = settle_grpc(target.base, body)[1]
+        else:
+            url = target.base + route_path(model, target.route)
+            status, settle_s = settle(url, body)
+            load_before = os.getloadavg()[0]
+            r = wrk(url, body, sc.connections, self.seconds, self.warmup)
+            drain_s = settle(url, body)[1]
         self.points.append({
             "system": target.system, "route": target.route, "model": model,
             "scenario": sc.name, "instances": sc.instances, "connections": sc.connections,
@@ -232,6 +252,20 @@ def settle(url: str, body: Path, timeout: float = 180.0) -> tuple[int, float]:
     else:
         log(f"  {url}: HTTP {status} {answer[:200]!r}")
     return status, time.perf_counter() - started
+
+
+def settle_grpc(target: str, body: Path, timeout: float = 180.0) -> tuple[str, float]:
+    """``settle`` for a gRPC target: one ``ModelInfer`` answered OK; its status code name
+    and the seconds waited."""
+    started = time.perf_counter()
+    code = ""
+    while time.perf_counter() - started < timeout:
+        if (code := grpcload.check(target, body)) == "OK":
+            break
+        time.sleep(1)
+    else:
+        log(f"  grpc {target}: {code}")
+    return code, time.perf_counter() - started
 
 
 def start(system: System, first_path: str, body: bytes | None,
@@ -272,14 +306,17 @@ def baseline(kind: str, name: str, config: Path) -> System:
     return System(name, cmd, port, WORK / f"{name}.log")
 
 
-def finserve(name: str, config: Path, haproxy: bool) -> System:
-    port = free_port()
+def finserve(name: str, config: Path, haproxy: bool, grpc: bool = False) -> System:
+    """``finserve serve`` on free ports; gRPC (on ``extra_ports[0]``) only with ``grpc``."""
+    port, grpc_port = free_port(), free_port() if grpc else 0
     # Ray starts its workers at nice 15; the baselines run at nice 0. On a shared machine that
     # alone decides who gets the CPU, so FinServe's workers get the baselines' priority here.
     env = {"FINSERVE_HOME": str(ROOT), "RAY_worker_niceness": "0"}
     cmd = [str(Path(sys.executable).with_name("finserve")), "serve", "--config", str(config),
-           "--port", str(port), "--no-train", "--proxy", "haproxy" if haproxy else "python"]
-    return System(name, cmd, port, WORK / f"{name}.log", env)
+           "--port", str(port), "--grpc-port", str(grpc_port), "--no-train",
+           "--proxy", "haproxy" if haproxy else "python"]
+    return System(name, cmd, port, WORK / f"{name}.log", env,
+                  extra_ports=[grpc_port] if grpc else [])
 
 
 @app.command()
@@ -342,6 +379,7 @@ def measure(result: dict[str, Any], names: list[str], parts: set[str],
     bench = Bench(result["seconds_per_point"], result["warmup_s"], bodies, points)
     infos: dict[str, dict[str, Any]] = result["systems"]
     wrk_ceiling(bench, parts, infos)
+    grpc_ceiling(bench, parts, names, infos)
     result["inprocess"] = inprocess_limits(
         config, bodies, names if "inprocess" in parts else [], bench.seconds)
     # FinServe's gateway app alone, in a process of its own, before any server runs
@@ -373,6 +411,35 @@ def wrk_ceiling(bench: Bench, parts: set[str], infos: dict[str, dict[str, Any]])
             stop(trivial, infos)
 
 
+def grpc_ceiling(bench: Bench, parts: set[str], models: list[str],
+                 infos: dict[str, dict[str, Any]]) -> None:
+    """The gRPC load generator's own ceiling (part ``grpc``): a trivial gRPC server that
+    answers as many bytes as each request holds at once, alone, with the gRPC bodies."""
+    grpc_models = [m for m in models if m in GRPC_MODELS]
+    if GRPC not in parts or not grpc_models:
+        return
+    m, port = grpc_models[0], free_port()
+    largest = bench.bodies[(m, GRPC, BATCH)]
+    trivial = System("grpc-ceiling", python_module(
+        "benchmarks.grpcload", "serve", "--port", str(port), "--body", str(largest)),
+        port, WORK / "grpc-trivial.log", stop_signal=signal.SIGTERM)
+    infos[trivial.name] = {"name": trivial.name}
+    trivial.start()
+    try:
+        target = f"127.0.0.1:{port}"
+        infos[trivial.name]["ready_s"] = round(settle_grpc(target, largest, 30)[1], 2)
+        for sc in (s for s in SCENARIOS if s.connections in GRPC_CONNECTIONS):
+            body = bench.bodies[(m, GRPC, sc.instances)]
+            r = grpcload.run(target, body, sc.connections, bench.seconds, bench.warmup)
+            bench.points.append({"system": "grpc-ceiling", "route": GRPC, "model": m,
+                                 "scenario": sc.name, "instances": sc.instances,
+                                 "connections": sc.connections,
+                                 "instances_per_s": r["rps"] * sc.instances, **r})
+            log(f"  grpc ceiling {sc.name}: {r['rps']:.0f} req/s p99 {r['p99_ms']:.2f} ms")
+    finally:
+        stop(trivial, infos)
+
+
 def inprocess_limits(config: Path, bodies: dict[tuple[str, str, int], Path],
                      models: list[str], seconds: int) -> dict[str, Any]:
     """(c) each model's own limit, in this process, before any server runs."""
@@ -399,7 +466,7 @@ def side_by_side(config: Path, names: list[str], parts: set[str], bench: Bench,
     does); then Ray's Python proxy beside FinServe. The models whose batched answers
     FinServe gave, for the floor to send back."""
     first = (task_path(names[0]), bench.bodies[(names[0], "task", 1)].read_bytes())
-    default = finserve("finserve", config, haproxy=True)
+    default = finserve("finserve", config, haproxy=True, grpc=GRPC in parts)
     others = [baseline(kind, name, config)
               for part, kind, name in (("a", "keras", "a-keras-predict"),
                                        ("b", "signature", "b-fastapi-signature"))
@@ -407,10 +474,14 @@ def side_by_side(config: Path, names: list[str], parts: set[str], bench: Bench,
     answers: Answers = {}
     try:
         targets: list[Target] = []
-        if "finserve" in parts and start(default, *first, infos):
-            targets += [Target("finserve-v2", default.base, "v2"),
-                        Target("finserve-task", default.base, "task"),
-                        Target("finserve-v2bin", default.base, "v2bin")]
+        if {"finserve", GRPC} & parts and start(default, *first, infos):
+            if "finserve" in parts:
+                targets += [Target("finserve-v2", default.base, "v2"),
+                            Target("finserve-task", default.base, "task"),
+                            Target("finserve-v2bin", default.base, "v2bin")]
+            if default.extra_ports:  # gRPC beside HTTP, interleaved with it
+                targets.append(Target("finserve-grpc", f"127.0.0.1:{default.extra_ports[0]}",
+                                      GRPC, GRPC_MODELS, frozenset(GRPC_CONNECTIONS)))
             answers = fetch_answers(default.base, names, bench.bodies)
         for system in others:
             if start(system, "/v2/health/ready", None, infos):

@@ -41,9 +41,51 @@ def apply_config(config: dict[str, Any]) -> None:
 
     schema = ServeDeploySchema.model_validate(config)
     client = serve_api.serve_start(
-        http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location
+        http_options=schema.http_options.model_dump(),
+        grpc_options=schema.grpc_options.model_dump(), proxy_location=schema.proxy_location
     )
     client.deploy_apps(schema)
+
+
+#: the port ``finserve serve`` answers gRPC on unless told otherwise (Ray Serve's default)
+DEFAULT_GRPC_PORT = 9000
+
+
+#: the interface Ray Serve's gRPC servers bind in ``finserve serve`` (the HTTP host)
+GRPC_HOST_ENV = "FINSERVE_GRPC_HOST"
+#: ``bind_grpc_to_host`` as a Ray worker setup hook (``ray.init(runtime_env=...)``)
+GRPC_HOST_HOOK = "deployments.deploy.bind_grpc_to_host"
+
+
+def bind_grpc_to_host() -> None:
+    """A Ray worker setup hook: bind Ray Serve's gRPC ingress servers (each ingress
+    replica's, and the proxy's) on ``FINSERVE_GRPC_HOST``, as Ray binds the HTTP ones on
+    ``http_options.host``, instead of every interface ([::] in Ray 2.60's
+    ``serve/_private/grpc_util.start_grpc_server``, which has no setting for it). Nothing
+    changes without the variable or for an all-interfaces host."""
+    host = os.environ.get(GRPC_HOST_ENV, "")
+    if host in ("", "0.0.0.0", "::"):
+        return
+    from ray.serve._private import default_impl
+
+    add_address = default_impl.add_grpc_address
+    bound = f"[{host}]" if ":" in host else host
+
+    def add_on_host(server: Any, address: str) -> None:
+        if address.startswith("[::]:"):
+            address = f"{bound}:{address.removeprefix('[::]:')}"
+        add_address(server, address)
+
+    default_impl.add_grpc_address = add_on_host
+
+
+def grpc_options(port: int) -> dict[str, Any]:
+    """A Serve config's ``grpc_options`` that serve the Open Inference Protocol over gRPC
+    (``inference.GRPCInferenceService``) on ``port``; 0 serves no gRPC. Ray Serve binds
+    it on the HTTP host (HAProxy) or on every interface (its Python proxy)."""
+    from serving.protocol.grpc_v2 import SERVICER_FUNCTION
+
+    return {"port": port, "grpc_servicer_functions": [SERVICER_FUNCTION] if port else []}
 
 
 def wait_running(names: list[str], timeout_s: float = 300, poll_s: float = 0.5) -> None:
@@ -89,6 +131,10 @@ def haproxy_env(folder: str | Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        # the Python proxy HAProxy falls back on (and sends gRPC ListApplications to):
+        # ports of its own instead of Ray's fixed 8500 and 9500
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
         # adds the slow-client limits (IngressTimeouts) Ray's template has no setting for
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(write_haproxy_launcher(folder)),
     }

@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.deploy import IngressTimeouts
 from deployments.drift_metrics import DriftMetrics
+from deployments.grpc_ingress import GrpcInference
 from deployments.http import (
     ADMITTED_SCOPE_KEY,
     KEY_SCOPE_KEY,
@@ -60,8 +61,8 @@ DECISION_HEADER = "x-decision-id"
 
 @serve.deployment
 @serve.ingress()
-class Gateway:
-    """HTTP ingress of every served model."""
+class Gateway(GrpcInference):
+    """HTTP and gRPC ingress of every served model."""
 
     def __init__(self, args: dict[str, Any],
                  handles: dict[str, dict[str, DeploymentHandle]]) -> None:

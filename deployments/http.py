@@ -85,16 +85,24 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        inner = unwrap(exc)
-        if isinstance(inner, FinServeError):
-            return error_response(inner.status_code, inner.message, inner.headers)
-        if isinstance(inner, RecursionError):
-            return error_response(400, "request body nests too deeply")
-        if overloaded(inner):
-            return error_response(503, "the model is busy; retry shortly", {"Retry-After": "1"})
-        log.exception("unexpected error on %s", request.url.path)
-        rid = request.headers.get(REQUEST_ID, "")
-        return error_response(500, f"internal error (request id {rid})")
+        status, message, headers = error_of(exc, request.url.path,
+                                            request.headers.get(REQUEST_ID, ""))
+        return error_response(status, message, headers)
+
+
+def error_of(exc: BaseException, where: str, rid: str
+             ) -> tuple[int, str, dict[str, str] | None]:
+    """The status, message and headers of any error a request raised (a FinServeError's
+    own, Ray's overload a 503, anything else a logged 500), whatever the protocol."""
+    inner = unwrap(exc)
+    if isinstance(inner, FinServeError):
+        return inner.status_code, inner.message, inner.headers
+    if isinstance(inner, RecursionError):
+        return 400, "request body nests too deeply", None
+    if overloaded(inner):
+        return 503, "the model is busy; retry shortly", {"Retry-After": "1"}
+    log.exception("unexpected error on %s", where)
+    return 500, f"internal error (request id {rid})", None
 
 
 def _unknown_model(request: Request) -> str | None:
@@ -254,14 +262,12 @@ class AuthMiddleware:
             return
         header = dict(scope.get("headers") or []).get(b"authorization")
         path = scope.get("path", "").removeprefix(scope.get("root_path", ""))  # route prefix
-        if header is None and (not self.required or path.startswith(PUBLIC_PATHS)):
-            scope[KEY_SCOPE_KEY] = None
-            await self.app(scope, receive, send)
-            return
         try:
-            key = self.keys.authenticate(header.decode("latin-1") if header else None)
+            key = authenticate(self.keys, self.required,
+                               header.decode("latin-1") if header else None,
+                               public=path.startswith(PUBLIC_PATHS))
             model = model_in_path(path)
-            if model in self.models:
+            if key is not None and model in self.models:
                 self.admit(key, model)
                 scope[ADMITTED_SCOPE_KEY] = model
         except FinServeError as exc:
@@ -276,6 +282,16 @@ class AuthMiddleware:
         KeyRing.authorize(key, model)
         if self.limiter is not None:
             self.limiter.check(key)
+
+
+def authenticate(keys: Any, required: bool, header: str | None,
+                 public: bool = False) -> ApiKey | None:
+    """The caller's key from its ``Authorization`` value (401 for one that is not valid,
+    or for none when keys are required and the call is not ``public``); None for a call
+    without a key that may go on without one, and for every call when no key file is set."""
+    if keys is None or (header is None and (not required or public)):
+        return None
+    return keys.authenticate(header)
 
 
 #: ASGI scope key under which a binary-extension request's decoded tensors travel
@@ -354,6 +370,7 @@ async def _no_receive() -> Message:
 
 #: what an x-request-id may be: it goes into logs and the decision trail
 REQUEST_ID_FORMAT = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID_RULE = "x-request-id must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'"
 
 
 class RequestIdMiddleware:
@@ -367,9 +384,7 @@ class RequestIdMiddleware:
         if scope["type"] == "http":
             for name, value in scope.get("headers") or []:
                 if name == b"x-request-id" and not REQUEST_ID_FORMAT.fullmatch(value):
-                    await error_response(400, "x-request-id must be 1-128 characters of "
-                                         "A-Z, a-z, 0-9, '.', '_', ':' and '-'")(
-                        scope, receive, send)
+                    await error_response(400, REQUEST_ID_RULE)(scope, receive, send)
                     return
         await self.app(scope, receive, send)
 

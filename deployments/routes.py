@@ -45,6 +45,18 @@ def add_routes(app: FastAPI, gateway: "Gateway") -> None:
         _task_route(app, gateway, served)
 
 
+def describe_server() -> ServerMetadata:
+    """What the server says of itself (``GET /v2``, gRPC ``ServerMetadata``)."""
+    return ServerMetadata(version=__version__, extensions=["model_version_routing"])
+
+
+async def readiness(gateway: "Gateway") -> dict[str, bool]:
+    """Whether each served model is ready to answer, by name."""
+    models = gateway.models
+    states = await asyncio.gather(*(s.placement.ready() for s in models.values()))
+    return dict(zip(models, states, strict=True))
+
+
 def _health_routes(app: FastAPI, gateway: "Gateway") -> None:
     @app.get("/v2/health/live", tags=["health"], responses=documented.GENERAL)
     async def live() -> dict[str, bool]:
@@ -53,14 +65,13 @@ def _health_routes(app: FastAPI, gateway: "Gateway") -> None:
     @app.get("/v2/health/ready", tags=["health"], response_model=documented.HealthReady,
              responses=documented.HEALTH_READY)
     async def ready() -> JSONResponse:
-        models = gateway.models
-        states = await asyncio.gather(*(s.placement.ready() for s in models.values()))
-        body = {"ready": all(states), "models": dict(zip(models, states, strict=True))}
-        return JSONResponse(body, status_code=200 if all(states) else 503)
+        states = await readiness(gateway)
+        ok = all(states.values())
+        return JSONResponse({"ready": ok, "models": states}, status_code=200 if ok else 503)
 
     @app.get("/v2", response_model=ServerMetadata, tags=["v2"], responses=documented.GENERAL)
     async def server_metadata() -> ServerMetadata:
-        return ServerMetadata(version=__version__, extensions=["model_version_routing"])
+        return describe_server()
 
 
 def _v2_routes(app: FastAPI, gateway: "Gateway") -> None:

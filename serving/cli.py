@@ -320,6 +320,10 @@ def serve_cmd(
     config: Annotated[str, typer.Option(help="Serve config file.")] = DEFAULT_CONFIG,
     host: Annotated[str | None, typer.Option(help="Override http_options.host.")] = None,
     port: Annotated[int | None, typer.Option(help="Override http_options.port.")] = None,
+    grpc_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="Port of the Open Inference Protocol over gRPC, on the HTTP "
+        "host with HAProxy (default: the config's grpc_options.port, else 9000); 0 turns "
+        "gRPC off.")] = None,
     train: Annotated[bool, typer.Option(help="Train missing default models first.")] = True,
     num_cpus: Annotated[int | None, typer.Option(help="Logical CPUs of the local Ray.")] = None,
     proxy: Annotated[Proxy, typer.Option(
@@ -339,30 +343,35 @@ def serve_cmd(
     if train:
         train_missing(config)
     raw_config, args = served_config(config)
-    serve_config = _serve_config(raw_config, host, port, proxy)
+    serve_config = _serve_config(raw_config, host, port, proxy, grpc_port)
     os.environ.setdefault("FINSERVE_HOME", str(Path.cwd()))
     http = serve_config["http_options"]
     try:
         _serve_until_stopped(serve_config, num_cpus, lambda: _print_ready(
             http["host"], http["port"], time.perf_counter() - started,
-            args.security.require_auth))
+            args.security.require_auth, serve_config["grpc_options"]["port"]))
     finally:
         _stop_haproxy(haproxy_dir)
         console.print("stopped; port released")
 
 
 def _serve_config(raw_config: dict[str, Any], host: str | None, port: int | None,
-                  proxy: Proxy) -> dict[str, Any]:
-    """The Serve config to apply: its address overridden by ``host`` and ``port``, and
-    with the Python proxy uvicorn's idle keep-alive in Ray's proxy actor."""
-    from deployments.deploy import IngressTimeouts
+                  proxy: Proxy, grpc_port: int | None = None) -> dict[str, Any]:
+    """The Serve config to apply: its address overridden by ``host`` and ``port``, gRPC on
+    ``grpc_port`` (None: the config's, else 9000; 0: none), and with the Python proxy
+    uvicorn's idle keep-alive in Ray's proxy actor."""
+    from deployments.deploy import DEFAULT_GRPC_PORT, IngressTimeouts, grpc_options
 
     http = raw_config.get("http_options") or {}
     http = {**http, "host": host or http.get("host", "127.0.0.1"),
             "port": port or int(http.get("port", 8000))}
     if proxy is Proxy.python:
         http.setdefault("keep_alive_timeout_s", IngressTimeouts.from_env().keep_alive_s)
-    return {**raw_config, "http_options": http}
+    grpc = raw_config.get("grpc_options") or {}
+    if grpc_port is None:
+        grpc_port = int(grpc.get("port", DEFAULT_GRPC_PORT))
+    return {**raw_config, "http_options": http,
+            "grpc_options": {**grpc, **grpc_options(grpc_port)}}
 
 
 def _serve_until_stopped(config: dict[str, Any], num_cpus: int | None,
@@ -372,11 +381,14 @@ def _serve_until_stopped(config: dict[str, Any], num_cpus: int | None,
     import ray
     from ray import serve
 
-    from deployments.deploy import apply_config, wait_running
+    from deployments.deploy import GRPC_HOST_ENV, GRPC_HOST_HOOK, apply_config, wait_running
 
     names = [a.get("name", "default") for a in config["applications"]]
+    # Ray's gRPC servers on the HTTP host, not every interface (deployments/deploy.py)
+    os.environ.setdefault(GRPC_HOST_ENV, config["http_options"]["host"])
     ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 8), include_dashboard=False,
-             logging_level="WARNING")
+             logging_level="WARNING",
+             runtime_env={"worker_process_setup_hook": GRPC_HOST_HOOK})
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     # Ctrl-C stops the server even when started from a shell that ignores SIGINT (`cmd &`)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -438,9 +450,13 @@ def _serve_environment(proxy: Proxy, metrics_host: str) -> str | None:
     return haproxy_dir
 
 
-def _print_ready(host: str, port: int, seconds: float, require_auth: bool) -> None:
+def _print_ready(host: str, port: int, seconds: float, require_auth: bool,
+                 grpc_port: int = 0) -> None:
     base = f"http://{host}:{port}"
     console.print(f"\n[bold green]FinServe is serving on {base}[/] (ready in {seconds:.1f}s)")
+    if grpc_port:
+        console.print(f"  gRPC:       {host}:{grpc_port} (inference.GRPCInferenceService, "
+                      "e.g. tritonclient.grpc)")
     if not require_auth:
         console.print("  [yellow]open mode: no API key is required[/] (security.require_auth "
                       "in the Serve config, or FINSERVE_REQUIRE_AUTH=true, turns keys on)")

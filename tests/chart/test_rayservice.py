@@ -379,9 +379,11 @@ def test_the_rayservice_name_fits_kuberay_limits_for_long_release_names() -> Non
     objects = render("production", release=release)
     name = one(objects, "RayService")["metadata"]["name"]
     assert len(name) <= 47 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name)
-    backend = one(objects, "Ingress")["spec"]["rules"][0]["http"]["paths"][0]["backend"]
-    assert backend["service"]["name"] == f"{name}-serve-svc"
-    assert len(backend["service"]["name"]) <= 63
+    for ingress in (o for o in objects if o["kind"] == "Ingress"):  # HTTP and gRPC
+        assert len(ingress["metadata"]["name"]) <= 63
+        backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]
+        assert backend["service"]["name"] == f"{name}-serve-svc"
+        assert len(backend["service"]["name"]) <= 63
 
 
 def test_serve_logs_are_json_lines_with_the_request_id():

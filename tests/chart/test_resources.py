@@ -15,6 +15,7 @@ from tests.chart.chartlib import (
     CI_VALUES,
     containers,
     install_notes,
+    named,
     one,
     pod_specs,
     render,
@@ -65,7 +66,7 @@ def test_every_container_has_cpu_and_memory_requests_and_limits(values: str) -> 
 
 
 def test_ingress_routes_to_the_kuberay_serve_service_on_port_8000() -> None:
-    ingress = one(render("production"), "Ingress")
+    ingress = named(render("production"), "Ingress", "finserve")
     assert ingress["spec"]["ingressClassName"] == "nginx"
     paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
     assert paths and all(
@@ -76,7 +77,7 @@ def test_ingress_routes_to_the_kuberay_serve_service_on_port_8000() -> None:
 
 
 def test_production_values_render_tls_for_the_ingress_host() -> None:
-    spec = one(render("production"), "Ingress")["spec"]
+    spec = named(render("production"), "Ingress", "finserve")["spec"]
     assert spec["tls"] == [{"hosts": ["finserve.bank.example.com"], "secretName": "finserve-tls"}]
     assert spec["rules"][0]["host"] == "finserve.bank.example.com"
 
@@ -214,7 +215,7 @@ def test_network_policy_opens_serve_only_to_listed_peers_and_the_helm_test() -> 
     policy = one(render("production"), "NetworkPolicy")["spec"]
     assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "ray"
     serve_rules = [r for r in policy["ingress"] if r.get("ports") == [
-        {"port": 8000, "protocol": "TCP"}]]
+        {"port": 8000, "protocol": "TCP"}, {"port": 9000, "protocol": "TCP"}]]
     (serve,) = serve_rules
     peers = serve["from"]
     assert {"namespaceSelector": {"matchLabels": {
@@ -226,7 +227,7 @@ def test_network_policy_opens_serve_only_to_listed_peers_and_the_helm_test() -> 
 def test_default_network_policy_leaves_serve_open_to_all() -> None:
     policy = one(render(), "NetworkPolicy")["spec"]
     serve = next(r for r in policy["ingress"] if r.get("ports") == [
-        {"port": 8000, "protocol": "TCP"}])
+        {"port": 8000, "protocol": "TCP"}, {"port": 9000, "protocol": "TCP"}])
     assert "from" not in serve
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.deploy import free_port
+from deployments.deploy import free_port, grpc_options
 from serving.config import default_model_names
 
 pytestmark = pytest.mark.integration
@@ -62,8 +62,15 @@ def app_args(store_uri: str, audit: str, keys_file: str | None = None,
 
 
 @pytest.fixture(scope="session")
-def ray_serve() -> Iterator[int]:
-    """A local Ray with Serve's proxy on a free loopback port; yields the port."""
+def grpc_port() -> int:
+    """The session's gRPC port (the Open Inference Protocol over gRPC, Serve's proxy)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_serve(grpc_port: int) -> Iterator[int]:
+    """A local Ray with Serve's proxy on a free loopback port, and gRPC on ``grpc_port``;
+    yields the HTTP port."""
     import ray
     from ray import serve
 
@@ -78,7 +85,8 @@ def ray_serve() -> Iterator[int]:
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     # two logical GPUs: GPU placement is proven on Ray's resources (no device here)
     ray.init(num_cpus=8, num_gpus=2, include_dashboard=False, logging_level="WARNING")
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                grpc_options=grpc_options(grpc_port))
     yield port
     serve.shutdown()
     ray.shutdown()

@@ -39,6 +39,8 @@ class FinServe:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    #: the Open Inference Protocol over gRPC (0: off)
+    grpc_port: int = 0
     #: pids of HAProxy processes from other servers, running when it started
     others: set[int] = field(default_factory=set)
 
@@ -65,8 +67,14 @@ class FinServe:
 def finserve_serve(folder: Path, args: dict[str, Any], *options: str,
                    env: dict[str, str] | None = None) -> Iterator[FinServe]:
     """`finserve serve --no-train` on a config of one application with ``args``, ready
-    (/v2/health/ready answers 200) when entered, stopped on exit."""
+    (/v2/health/ready answers 200) when entered, stopped on exit; gRPC on a free port
+    unless ``options`` give ``--grpc-port``."""
     port = free_port()
+    if "--grpc-port" in options:
+        grpc_port = int(options[options.index("--grpc-port") + 1])
+    else:
+        grpc_port = free_port()
+        options = (*options, "--grpc-port", str(grpc_port))
     config = {
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [{"name": "finserve", "route_prefix": "/",
@@ -81,7 +89,7 @@ def finserve_serve(folder: Path, args: dict[str, Any], *options: str,
         proc = subprocess.Popen([str(cli), "serve", "--config", str(path), "--no-train",
                                  *options], stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})}, start_new_session=True)
-    served = FinServe(proc, port, log, others)
+    served = FinServe(proc, port, log, grpc_port, others)
     try:
         def ready() -> bool:
             assert proc.poll() is None, served.output()[-3000:]
@@ -228,18 +236,53 @@ def test_finserve_serve_answers_behind_haproxy_set_up_as_measured(served):
     wait_for(counted, timeout=30, interval=1)
 
 
+def test_finserve_serve_answers_grpc_behind_haproxy(served):
+    """The Open Inference Protocol over gRPC through HAProxy's gRPC frontend (HTTP/2 on the
+    HTTP host, routed to the gateway replica's own gRPC server): tritonclient.grpc as it
+    comes, refusals with their codes, and the answer the HTTP route gives."""
+    import numpy as np
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    config = wait_for(lambda: (c := haproxy_config(served.haproxies())) and (
+        "frontend grpc_frontend" in c and "backend grpc-finserve" in c) and c, timeout=60)
+    assert f"bind 127.0.0.1:{served.grpc_port} proto h2" in config
+    client = triton.InferenceServerClient(f"127.0.0.1:{served.grpc_port}")
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("fraud")
+    body = golden("fraud_v2_request.json")
+    tensor = body["inputs"][0]
+    features = triton.InferInput("features", tensor["shape"], "FP32")
+    features.set_data_from_numpy(np.asarray(tensor["data"], np.float32).reshape(tensor["shape"]))
+    result = client.infer("fraud", [features], client_timeout=30)
+    http = httpx.post(f"{served.url}/v2/models/fraud/infer", json=body, timeout=10).json()
+    decisions = next(o["data"] for o in http["outputs"] if o["name"] == "decision")
+    assert [d.decode() for d in result.as_numpy("decision")] == decisions
+    with pytest.raises(InferenceServerException) as unknown:
+        client.infer("nope", [features], client_timeout=30)
+    assert unknown.value.status() == "StatusCode.NOT_FOUND"
+    with pytest.raises(InferenceServerException) as unserved:
+        client.get_model_config("fraud", client_timeout=30)
+    assert unserved.value.status() == "StatusCode.UNIMPLEMENTED"
+    client.close()
+
+
 def test_finserve_serve_listens_on_loopback_only(served):
     """Every TCP port the server's processes (Ray, HAProxy, replicas) listen on is on
     loopback, but one Ray fixes: each replica's inter-deployment gRPC server binds [::]
     (ray/serve/_private/replica.py, no setting), and Ray's token authentication, on by
-    default for a local Ray, refuses calls without the token there."""
+    default for a local Ray, refuses calls without the token there. gRPC is on: Ray's
+    gRPC ingress servers (the gateway replica's, the fallback proxy's) bind on every
+    interface too unless `finserve serve` moves them to the HTTP host
+    (deployments.deploy.bind_grpc_to_host)."""
+    assert served.grpc_port
     ports = listening(served.proc.pid)
     open_ports = [p for p in ports if not loopback(p[0])]
     replica_grpc = [p for p in open_ports if p[3].startswith("ray::ServeReplica")]
     names = {p[3].split()[0].rsplit("/", 1)[-1] for p in ports}
     print(f"\nfinserve serve listens on {len(ports)} ports ({', '.join(sorted(names))}); "
           f"not loopback: {[(p[0], p[1], p[3]) for p in open_ports]}")
-    assert served.port in {p[1] for p in ports if p[0] == "127.0.0.1"}
+    assert {served.port, served.grpc_port} <= {p[1] for p in ports if p[0] == "127.0.0.1"}
     assert {"gcs_server", "raylet", "haproxy"} <= names, names
     assert len(replica_grpc) == 1 and replica_grpc[0][0] == "::", ports
     assert open_ports == replica_grpc, open_ports

@@ -157,3 +157,23 @@ def test_every_stored_run_still_renders(stored, tmp_path, monkeypatch):
     report.write_report(json.loads(stored.read_text()), stored, doc)
     text = doc.read_text()
     assert "## Targets (issue 17)" in text and "## Against KServe and MLServer" in text
+
+
+def test_the_grpc_table_puts_grpc_beside_http_and_its_generators_ceiling(tmp_path,
+                                                                        monkeypatch):
+    points = [p for p in every_point() if p["system"] == "finserve-v2"]
+    for sc in SCENARIOS:
+        points += [point("finserve-grpc", "fraud", sc, 700.0, p50=1.5, p99=4.0),
+                   point("grpc-ceiling", "fraud", sc, 2400.0, p99=1.0)]
+        if sc["instances"] > 1:
+            points.append(point("finserve-v2bin", "fraud", sc, 650.0, p99=6.0))
+    points.append({**point("wrk-ceiling", "-", SCENARIOS[2], 30000.0), "route": "-"})
+    text = render(run(points), tmp_path, monkeypatch)
+    rows = [x for x in section(text, "gRPC") if x.startswith("| fraud")]
+    assert len(rows) == len(SCENARIOS)
+    assert rows[-1] == ("| fraud | batch64 c=32 | 700.0 | 44,800 | 1.50 | 4.00 | 0 | 1,000.0 | "
+                        "5.00 | 650.0 | 6.00 | 2,400.0 | 1.00 |")
+    # the gRPC generator's ceiling is no system: wrk's headroom is over FinServe's best
+    assert "30x the fastest system below (1,000 req/s)" in text
+    no_grpc = render(run(every_point()), tmp_path, monkeypatch)
+    assert "Not measured in this run (part `grpc`)." in section(no_grpc, "gRPC")

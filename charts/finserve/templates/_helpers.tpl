@@ -31,7 +31,7 @@ Service name.
 {{- end }}
 
 {{/*
-The Serve Service KubeRay creates for the RayService (port 8000).
+The Serve Service KubeRay creates for the RayService (port 8000, and the gRPC port).
 */}}
 {{- define "finserve.serveServiceName" -}}
 {{- printf "%s-serve-svc" (include "finserve.rayServiceName" .) }}
@@ -346,19 +346,33 @@ Cross-field rules and the KubeRay CRD check; each failure says how to fix the va
 {{- if gt (int .Values.gpuWorker.minReplicas) (int .Values.gpuWorker.maxReplicas) }}
 {{- fail (printf "gpuWorker.minReplicas (%d) exceeds gpuWorker.maxReplicas (%d): raise maxReplicas or lower minReplicas." (int .Values.gpuWorker.minReplicas) (int .Values.gpuWorker.maxReplicas)) }}
 {{- end }}
-{{- if .Values.ingress.enabled }}
-{{- if not .Values.ingress.hosts }}
-{{- fail "ingress.enabled is true but ingress.hosts is empty: list at least one host, e.g. ingress.hosts[0].host=finserve.example.com." }}
+{{- include "finserve.validateIngress" (list "ingress" .Values.ingress) }}
+{{- include "finserve.validateIngress" (list "ingress.grpc" .Values.ingress.grpc) }}
+{{- if and .Values.ingress.grpc.enabled (not .Values.serve.grpc.enabled) }}
+{{- fail "ingress.grpc.enabled is true but serve.grpc.enabled is false: the gRPC Ingress would have no port to route to. Set serve.grpc.enabled=true or ingress.grpc.enabled=false." }}
+{{- end }}
+{{- end }}
+
+{{/*
+Cross-field rules of one Ingress's values, (list "<values path>" $values): hosts when enabled,
+and every TLS host among them.
+*/}}
+{{- define "finserve.validateIngress" -}}
+{{- $at := index . 0 }}
+{{- $ing := index . 1 }}
+{{- if $ing.enabled }}
+{{- if not $ing.hosts }}
+{{- fail (printf "%s.enabled is true but %s.hosts is empty: list at least one host, e.g. %s.hosts[0].host=finserve.example.com." $at $at $at) }}
 {{- end }}
 {{- $hosts := list }}
-{{- range .Values.ingress.hosts }}{{ $hosts = append $hosts .host }}{{ end }}
-{{- range .Values.ingress.tls }}
+{{- range $ing.hosts }}{{ $hosts = append $hosts .host }}{{ end }}
+{{- range $ing.tls }}
 {{- if not .hosts }}
-{{- fail (printf "ingress.tls entry with secretName %q has no hosts: list the hosts its certificate covers (each one also in ingress.hosts)." (default "" .secretName)) }}
+{{- fail (printf "%s.tls entry with secretName %q has no hosts: list the hosts its certificate covers (each one also in %s.hosts)." $at (default "" .secretName) $at) }}
 {{- end }}
 {{- range .hosts }}
 {{- if not (has . $hosts) }}
-{{- fail (printf "ingress.tls host %q is not one of ingress.hosts %v: add it to ingress.hosts or remove it from ingress.tls." . $hosts) }}
+{{- fail (printf "%s.tls host %q is not one of %s.hosts %v: add it to %s.hosts or remove it from %s.tls." $at . $at $hosts $at $at) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -412,6 +426,10 @@ a change to a user_config alone is applied in place by Gateway.reconfigure.
 {{- $logging := dict "encoding" "JSON" "log_level" .Values.serve.logLevel "enable_access_log" true }}
 {{- $application := dict "name" "finserve" "route_prefix" "/" "import_path" "deployments.app:build_app" "args" $app "deployments" (list $gateway) "logging_config" $logging }}
 {{- $config := dict "proxy_location" .Values.serve.proxyLocation "http_options" (dict "host" "0.0.0.0" "port" 8000) "applications" (list $application) }}
+{{- if .Values.serve.grpc.enabled }}
+{{- /* deployments.deploy.grpc_options (a chart test keeps them equal) */}}
+{{- $_ := set $config "grpc_options" (dict "port" .Values.serve.grpc.port "grpc_servicer_functions" (list "serving.protocol.grpc_v2.add_servicer")) }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
 
@@ -645,8 +663,64 @@ slow-client limits Ray's config template has no setting for, then execs HAProxy
 the protocol the API server defaults, as KubeRay writes them back: rayservice.yaml). */}}
 {{- define "finserve.servePorts" -}}
 - {name: serve, containerPort: 8000, protocol: TCP}
+{{- if .Values.serve.grpc.enabled }}
+{{- /* named serve-*: KubeRay's <name>-serve-svc carries it beside `serve` */}}
+- {name: serve-grpc, containerPort: {{ .Values.serve.grpc.port }}, protocol: TCP}
+{{- end }}
 - {name: metrics, containerPort: 8080, protocol: TCP}
 {{- if .Values.serve.haproxy }}
 - {name: haproxy-metrics, containerPort: {{ include "finserve.haproxyMetricsPort" . }}, protocol: TCP}
 {{- end }}
+{{- end }}
+
+{{/*
+An Ingress in front of the Serve Service KubeRay creates (it follows the active RayCluster),
+given (dict "ctx" $ "values" <ingress values> "name" <name> "port" <Service port>): the HTTP
+one (ingress) and the gRPC one (ingress.grpc).
+*/}}
+{{- define "finserve.ingress" -}}
+{{- $root := .ctx }}
+{{- $values := .values }}
+{{- $port := .port }}
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {{ .name }}
+  labels:
+    {{- include "finserve.labels" $root | nindent 4 }}
+  {{- with $values.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- with $values.className }}
+  ingressClassName: {{ . }}
+  {{- end }}
+  {{- with $values.tls }}
+  tls:
+    {{- range . }}
+    - hosts:
+        {{- range .hosts }}
+        - {{ . | quote }}
+        {{- end }}
+      {{- with .secretName }}
+      secretName: {{ . }}
+      {{- end }}
+    {{- end }}
+  {{- end }}
+  rules:
+    {{- range $values.hosts }}
+    - host: {{ .host | quote }}
+      http:
+        paths:
+          {{- range .paths }}
+          - path: {{ .path }}
+            pathType: {{ .pathType }}
+            backend:
+              service:
+                name: {{ include "finserve.serveServiceName" $root }}
+                port:
+                  number: {{ $port }}
+          {{- end }}
+    {{- end }}
 {{- end }}
