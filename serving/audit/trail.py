@@ -90,7 +90,9 @@ class Trail:
         self._pending.append((record, future))
         if self._ticker is None and self.checkpoints is not None:
             self._ticker = asyncio.create_task(self._tick())
-        if not self._writing:
+        if not self._writing and (self._flushing is None or self._flushing.done()):
+            # no flush runs or is scheduled: this append starts one (one at a time, or
+            # two would seal and write their groups out of order)
             if len(self._pending) == 1 and self._opened and self._alone():
                 await self._flush()  # nothing to group with: commit in this task
                 return future.result()
@@ -99,6 +101,8 @@ class Trail:
 
     async def _flush(self) -> None:
         """Commit what is pending, group by group, until nothing is (one flush at a time)."""
+        if self._writing:  # another flush is under way and will take what is pending
+            return
         self._writing = True
         try:
             while self._pending:

@@ -533,3 +533,33 @@ def test_a_failed_write_alone_is_a_503_and_gives_its_place_back(tmp_path):
     assert asyncio.run(go())["seq"] == 1
     report = _verify(tmp_path, SECRET)
     assert report.ok and report.records == 2, report.problems
+
+
+def test_an_append_alone_waits_for_a_group_already_being_written(tmp_path):
+    """A group is in the writer thread (slow disk) when a request alone in its process
+    appends: its record is written after that group, never beside or before it."""
+    state = {"alone": False}
+
+    class Slow(audit.JsonlSink):
+        def write(self, lines):
+            if not state["alone"]:
+                threading.Event().wait(0.05)
+            super().write(lines)
+
+    async def go():
+        trail = _trail(tmp_path, sink=Slow(tmp_path / "trail", "c1"),
+                       alone=lambda: state["alone"])
+        await trail.append(_record(0))
+
+        async def late():
+            await asyncio.sleep(0)  # the first group's flush has started and is writing
+            state["alone"] = True
+            return await trail.append(_record(3))
+
+        done = await asyncio.gather(trail.append(_record(1)), trail.append(_record(2)), late())
+        await trail.write_checkpoint()
+        return done
+
+    asyncio.run(go())
+    assert [r["seq"] for r in audit.read_records(str(tmp_path / "trail"))] == [0, 1, 2, 3]
+    assert _verify(tmp_path, SECRET).ok
