@@ -21,7 +21,8 @@ import typer
 app = typer.Typer(add_completion=False)
 
 
-def _answers(store: Any, model: str, raw: np.ndarray) -> dict[str, np.ndarray]:
+def served_answers(store: Any, model: str, raw: np.ndarray) -> dict[str, np.ndarray]:
+    """What version 1 of ``model`` answers for ``raw``: its steps and signature, no Ray."""
     from serving.runtime import ModelRunner, TaskProcessing
     from serving.tasks import get_task
 
@@ -43,7 +44,7 @@ def prepare(model: str) -> tuple[Any, np.ndarray, dict[str, np.ndarray]]:
     store = ModelStore(tempfile.mkdtemp(prefix="finserve-driftcost-"))
     train(model, store, samples=task.quick_training[0], epochs=1, seed=1)
     raw = task.check_raw(task.sample_data(seed=3, n=1024).raw)
-    return store, raw, _answers(store, model, raw)
+    return store, raw, served_answers(store, model, raw)
 
 
 def cpu_per_request(model: str, prepared: tuple[Any, np.ndarray, dict[str, np.ndarray]],

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from benchmarks.driftcost import served_answers
 from deployments.drift_metrics import DriftMetrics
 from serving.config import Drift, ModelSettings
 from serving.drift import (
@@ -26,7 +27,6 @@ from serving.drift import (
     psi,
     reference_for,
 )
-from serving.runtime import ModelRunner, TaskProcessing
 from serving.store import MANIFEST, ModelStore
 from serving.tasks import get_task
 
@@ -92,16 +92,6 @@ def test_fresh_training_distribution_rows_stay_stable_in_every_column(task_name)
     assert max(v for v, _ in report.values()) < 0.1, report
 
 
-def _answers(store: ModelStore, model: str, raw: np.ndarray) -> dict[str, np.ndarray]:
-    """What the served version 1 answers for ``raw`` (its steps and signature, no Ray)."""
-    steps = TaskProcessing(store, model, model, ["1"])
-    runner = ModelRunner(store, model, model, ["1"], intra_op_threads=1)
-    runner.load_all()
-    batch = steps.preprocess("1", raw)
-    batch.data = runner.predict_batch([("1", batch.data)])[0]
-    return steps.postprocess("1", batch, get_task(model).request_params(None))
-
-
 @pytest.mark.parametrize("model", [*COLUMN_TASKS, "sentiment"])
 def test_a_trained_version_stores_its_reference_and_its_own_scores_stay_stable(
         tiny_store, model):
@@ -119,7 +109,7 @@ def test_a_trained_version_stores_its_reference_and_its_own_scores_stay_stable(
     raw = task.sample_data(seed=12, n=2000).raw
     binning = Binning(reference)
     report = binning.report(binning.counts(binning.indices(len(raw), raw,
-                                                           _answers(tiny_store, model, raw))))
+                                                           served_answers(tiny_store, model, raw))))
     assert all(rows == 2000 for _, rows in report.values())
     assert max(v for v, _ in report.values()) < 0.1, report
 
@@ -146,7 +136,7 @@ def _send(monitor: DriftMetrics, clock: _Clock, store: ModelStore, raw: np.ndarr
           until: Callable[[], bool] = lambda: False) -> int:
     """One-row requests of fraud v1, answered by the served version, a publish interval
     apart (the gauges are set after each); how many were sent when ``until`` held."""
-    answers = _answers(store, "fraud", raw)
+    answers = served_answers(store, "fraud", raw)
     for i in range(len(raw)):
         clock.now += Drift().publish_interval_s
         monitor.observe("fraud", "1", raw[i:i + 1], {k: v[i:i + 1] for k, v in answers.items()})
