@@ -55,14 +55,15 @@ def _states() -> dict[str, int]:
     return {}
 
 
-def load_step(url: str, body: Path) -> dict[str, Any]:
-    """Step the load and time the second replica; the caller's FinServe must be the only
-    local Ray running (the bench joins it with ``address="auto"``)."""
+def load_step(url: str, body: Path, gcs_address: str) -> dict[str, Any]:
+    """Step the load and time the second replica, reading replica states from the Ray
+    cluster at ``gcs_address``: the server's own, never "the latest local Ray", which
+    another process may have started or stopped meanwhile."""
     import ray
 
     from benchmarks.loadgen import wrk
 
-    ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+    ray.init(address=gcs_address, logging_level="ERROR", log_to_driver=False)
     try:
         time.sleep(IDLE_S)
         before = _states()

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -362,11 +363,17 @@ def main(
     except KeyboardInterrupt:
         result["interrupted"] = True
         log("interrupted: systems stopped; writing the points measured so far")
+    except Exception as exc:  # a failing part must not lose the points measured before it
+        result["interrupted"], result["failed"] = True, f"{type(exc).__name__}: {exc}"
+        log(f"failed: {result['failed']}; writing the points measured so far")
+        traceback.print_exc()
 
     result["points"] = points
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
     result["total_s"] = round(time.perf_counter() - started, 1)
     save_run(result, parts, haproxy, docs)
+    if "failed" in result:
+        raise typer.Exit(1)
 
 
 def measure(result: dict[str, Any], names: list[str], parts: set[str],
@@ -671,12 +678,15 @@ def autoscale_step(config: Path, bodies: dict[tuple[str, str, int], Path],
 
     system = finserve("finserve-autoscale",
                       autoscale.write_config(config, WORK / "serve-autoscale.yaml"), True)
+    gcs_port = free_port()  # Ray's head takes it from the environment (ray/_private/node.py)
+    system.env["RAY_GCS_SERVER_PORT"] = str(gcs_port)
     if not start(system, "/v2/health/ready", None, infos):
         return {"error": infos[system.name].get("error", "did not start")}
     try:
         log(f"autoscaling: load step to {autoscale.CONNECTIONS} connections")
         step = autoscale.load_step(system.base + task_path(autoscale.MODEL),
-                                   bodies[(autoscale.MODEL, "task", BATCH)])
+                                   bodies[(autoscale.MODEL, "task", BATCH)],
+                                   f"127.0.0.1:{gcs_port}")
         log(f"  second replica added after {step.get('added_s')} s, serving after "
             f"{step.get('serving_s')} s; {step['load'].get('errors')} errors")
         return step

@@ -48,7 +48,7 @@ from serving.config import AppArgs, Routing
 from serving.errors import ModelNotFound
 from serving.runtime import settle_heap
 from serving.security import ApiKey, KeyFile, KeyRing, RateLimiter
-from serving.store import ModelStore
+from serving.store import ModelStore, StoreUnavailable, retry_while_unavailable
 from serving.tasks import get_task
 from serving.traffic import agrees
 
@@ -88,6 +88,8 @@ class Gateway(GrpcInference):
                          if self.args.audit.enabled else None)
         self.metrics = GatewayMetrics()
         self.drift = DriftMetrics(self.store, self.args.models)
+        self._routing: Routing | None = None
+        self._routed = False  # a routing has applied: later updates fail, never defer
         self._background: set[asyncio.Task[None]] = set()
         if not self.require_auth:
             log.warning("FinServe is running OPEN: no API key is required (security.require_auth)")
@@ -95,11 +97,26 @@ class Gateway(GrpcInference):
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Routing (versions, traffic splits, shadows) applied in place; versions are
-        resolved in the store here, so an unknown one fails this update with a message."""
+        resolved in the store here, so an unknown one fails this update with a message.
+        At start only, a store that cannot be read does not fail the replica: its models
+        are not ready (503 naming the store) until the routing applies in the background."""
         routing = Routing.model_validate(config)
         unknown = set(routing.models) - set(self.models)
         if unknown:
             raise ValueError(f"routing names models that are not served: {sorted(unknown)}")
+        self._routing = routing
+        try:
+            self._route(routing)
+        except StoreUnavailable as exc:
+            if self._routed:
+                raise  # a running replica keeps its routing and the update fails
+            self._unrouted(exc)
+            log.error("models not ready, routing retried in the background: %s", exc.message)
+            retry_while_unavailable("routing", lambda: self._route_if_current(routing),
+                                    self._unrouted)
+
+    def _route(self, routing: Routing) -> None:
+        """Resolve every model's versions, then route them all (all or nothing)."""
         resolved = {}
         for name in self.models:
             wanted = routing.of(name)
@@ -109,8 +126,17 @@ class Gateway(GrpcInference):
                 {version[v]: w for v, w in wanted.traffic.items()} if wanted.traffic else None,
                 version[wanted.shadow] if wanted.shadow else None,
             )
-        for name, (versions, traffic, shadow) in resolved.items():  # all or nothing
+        for name, (versions, traffic, shadow) in resolved.items():
             self.models[name].route(versions, traffic, shadow)
+        self._routed = True
+
+    def _route_if_current(self, routing: Routing) -> None:
+        if routing is self._routing:  # a later update has routed already
+            self._route(routing)
+
+    def _unrouted(self, exc: StoreUnavailable) -> None:
+        for served in self.models.values():
+            served.unavailable = exc.message
 
     # --- admission ----------------------------------------------------------------------
     def admit(self, request: Request, model: str) -> tuple[Served, ApiKey | None]:

@@ -188,7 +188,7 @@ class GrpcInference:
     async def ModelReady(self, call: GrpcCall, request: Any) -> Any:
         """One model ready (``GET /v2/models/{m}[/versions/{v}]/ready``)."""
         served, _ = self._grpc_model(call, request.name, request.version)
-        return pb.ModelReadyResponse(ready=await served.placement.ready())
+        return pb.ModelReadyResponse(ready=await served.ready())
 
     @rpc(pb.ModelMetadataResponse)
     async def ModelMetadata(self, call: GrpcCall, request: Any) -> Any:

@@ -53,7 +53,7 @@ def describe_server() -> ServerMetadata:
 async def readiness(gateway: "Gateway") -> dict[str, bool]:
     """Whether each served model is ready to answer, by name."""
     models = gateway.models
-    states = await asyncio.gather(*(s.placement.ready() for s in models.values()))
+    states = await asyncio.gather(*(s.ready() for s in models.values()))
     return dict(zip(models, states, strict=True))
 
 
@@ -85,7 +85,7 @@ def _v2_routes(app: FastAPI, gateway: "Gateway") -> None:
                           version: str | None = None) -> JSONResponse:
         served, _ = gateway.admit(request, model)
         version = served.version(version)
-        ok = await served.placement.ready()
+        ok = await served.ready()
         return JSONResponse(
             {"name": model, "version": version, "ready": ok}, status_code=200 if ok else 503
         )
@@ -124,7 +124,7 @@ def _v1_routes(app: FastAPI, gateway: "Gateway") -> None:
                      version: str | None = None) -> dict[str, Any]:
         served, _ = gateway.admit(request, model)
         versions = [served.version(version)] if version else served.pinnable
-        ok = await served.placement.ready()
+        ok = await served.ready()
         return {
             "model_version_status": [
                 {

@@ -8,7 +8,7 @@ from typing import Any
 from deployments.placements import Placement
 from serving import dataplane
 from serving.config import ModelSettings
-from serving.errors import VersionNotFound
+from serving.errors import ModelNotReady, VersionNotFound
 from serving.protocol.codec import TensorSpec
 from serving.protocol.v2 import MetadataTensor, ModelMetadata
 from serving.tasks import Task
@@ -26,6 +26,7 @@ class Served:
     versions: list[str] = field(default_factory=list)
     traffic: dict[str, int] | None = None
     shadow: str | None = None
+    unavailable: str | None = None  # why nothing is routed yet (the store could not be read)
 
     @property
     def name(self) -> str:
@@ -41,6 +42,8 @@ class Served:
 
     def version(self, requested: str | None, routing_key: str | None = None) -> str:
         """The pinned version, else the traffic split's pick, else the default."""
+        if not self.versions:
+            raise ModelNotReady(self.unavailable or f"model '{self.name}' is starting")
         if requested is None:
             if self.traffic:
                 return choose_version(self.traffic, routing_key)
@@ -52,11 +55,16 @@ class Served:
 
     def route(self, versions: list[str], traffic: dict[str, int] | None,
               shadow: str | None) -> None:
-        """Take new routing and ask the stages to load every routed version before traffic
-        reaches it."""
-        self.versions, self.traffic, self.shadow = versions, traffic, shadow
+        """Ask the stages to load every routed version, then take the new routing (so
+        traffic never reaches a version before it was asked to load)."""
         self.placement.preload(list(dict.fromkeys(
-            [*self.pinnable, *([self.shadow] if self.shadow else [])])))
+            [*versions, *(traffic or {}), *([shadow] if shadow else [])])))
+        self.versions, self.traffic, self.shadow = versions, traffic, shadow
+        self.unavailable = None
+
+    async def ready(self) -> bool:
+        """Routed, and the Model stage has loaded every version it serves."""
+        return bool(self.versions) and await self.placement.ready()
 
     def metadata(self) -> ModelMetadata:
         return ModelMetadata(

@@ -69,14 +69,14 @@ class Model:
     asks for the routed versions with ``preload``, and any other published version loads
     on first use, so a routing change never fails a request. A version that fails its
     integrity check is refused: the replica still starts, ``ready()`` says why it is not
-    ready, and that version's requests get 503 before they reach the batch.
+    ready, and that version's requests get 503 before they reach the batch. So does a
+    store that cannot be read at start, until it can (``ModelRunner.load_latest``).
     """
 
     def __init__(self, store_uri: str, model: str, task: str,
                  settings: ModelStageSettings) -> None:
-        store = ModelStore(store_uri)
         self.runner = ModelRunner(
-            store, model, task, [store.resolve(model)],
+            ModelStore(store_uri), model, task, [],
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
         )
@@ -87,7 +87,7 @@ class Model:
             batch_wait_timeout_s=settings.batch_wait_timeout_s,
         )(self._predict_batch)
         self.metrics = StageMetrics(model, "model")
-        self.runner.load_all()
+        self.runner.load_latest()
 
     def preload(self, versions: list[str]) -> None:
         self.runner.preload(versions)

@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from serving.errors import ModelNotFound, ModelNotReady, VersionNotFound
-from serving.store import SAVED_MODEL_DIR, IntegrityError, ModelStore, check_params
+from serving.store import (
+    SAVED_MODEL_DIR,
+    IntegrityError,
+    ModelStore,
+    StoreUnavailable,
+    check_params,
+    retry_while_unavailable,
+)
 from serving.tasks import PostprocessContext, Task, get_task
 from serving.training import load_signature
 
@@ -153,17 +160,23 @@ class ModelRunner(_Versions):
         self.digests: dict[str, str] = {}  # version: verified digest of what was loaded
         self.verify_seconds: dict[str, float] = {}  # version: time its check took
         self.load_seconds: float | None = None
+        self.unavailable: str | None = None  # why the store could not be read, until it can
         self._configured = False
 
     @property
     def ready(self) -> bool:
-        """Configured, and every configured or preloaded version loaded (none refused)."""
-        return self._configured and all(v in self.loaded for v in self.versions)
+        """Configured, the store read, and every configured or preloaded version loaded
+        (none refused)."""
+        return (self._configured and self.unavailable is None
+                and all(v in self.loaded for v in self.versions))
 
     @property
     def reason(self) -> str | None:
-        """Why a configured or preloaded version is not served, if one was refused."""
-        return "; ".join(self.refused[v] for v in self.versions if v in self.refused) or None
+        """Why the runner is not ready: the store could not be read, or a configured or
+        preloaded version was refused."""
+        reasons = [self.unavailable, *(self.refused[v] for v in self.versions
+                                       if v in self.refused)]
+        return "; ".join(r for r in reasons if r) or None
 
     def artifact_sha256(self, version: str) -> str:
         """The sha256 of the SavedModel files verified and loaded for ``version`` (the
@@ -182,6 +195,26 @@ class ModelRunner(_Versions):
         self.load_seconds = time.perf_counter() - start
         log.info("%s: versions %s loaded in %.1fs%s", self.model, self.versions,
                  self.load_seconds, f", not ready: {self.reason}" if self.reason else "")
+
+    def load_latest(self) -> None:
+        """Load the store's latest version (with any preloaded since) before traffic. A
+        store that cannot be read does not fail the replica: it starts not ready,
+        ``reason`` naming the store, and loads in the background once the store reads."""
+
+        def attempt() -> None:
+            latest = self.store.resolve(self.model)
+            self.load_all(list(dict.fromkeys([latest, *self.versions])))
+            self.unavailable = None
+
+        def failed(exc: StoreUnavailable) -> None:
+            self.unavailable = exc.message
+
+        try:
+            attempt()
+        except StoreUnavailable as exc:
+            failed(exc)
+            log.error("%s: not ready, retrying in the background: %s", self.model, exc.message)
+            retry_while_unavailable(self.model, attempt, failed)
 
     def preload(self, versions: list[str]) -> None:
         """Load ``versions`` and count them in readiness from now on."""
@@ -210,7 +243,7 @@ class ModelRunner(_Versions):
     ) -> list[dict[str, np.ndarray]]:
         """Predict a list of (version, inputs) with one signature call per version."""
         if not self._configured:
-            raise ModelNotReady(f"model '{self.model}' is still loading")
+            raise ModelNotReady(self.unavailable or f"model '{self.model}' is still loading")
         results: list[dict[str, np.ndarray]] = [{} for _ in requests]
         by_version: dict[str, list[int]] = {}
         for i, (version, _) in enumerate(requests):

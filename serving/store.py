@@ -8,7 +8,8 @@ version without a manifest is not listed. ``root`` is a local folder or any fssp
 endpoint (``AWS_ENDPOINT_URL``, for MinIO or Ceph) and credentials from the standard AWS
 variables, files or the pod's identity; tests run it against moto's S3 server
 (tests/s3.py). A store that cannot be read (credentials refused, no such bucket,
-unreachable) raises ``StoreUnavailable`` (HTTP 503) naming the store.
+unreachable) raises ``StoreUnavailable`` (HTTP 503) naming the store; a replica that starts
+while its store cannot be read starts not ready and keeps trying (``retry_while_unavailable``).
 
 A version is verified against its manifest whenever it is loaded (``ModelStore.verified``):
 each SavedModel file's sha256, the set of files, the tree digest ``artifact_sha256`` and
@@ -25,9 +26,10 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,6 +64,36 @@ class IntegrityError(ModelNotReady):
 class StoreUnavailable(ModelNotReady):
     """The store cannot be read (credentials refused, no such bucket, unreachable): HTTP
     503, the message naming the store."""
+
+
+#: seconds between a not-ready replica's attempts to read a store it could not read
+STORE_RETRY_S = 5.0
+
+
+def retry_while_unavailable(what: str, attempt: Callable[[], None],
+                            failed: Callable[[StoreUnavailable], None],
+                            every_s: float | None = None) -> threading.Thread:
+    """Call ``attempt`` in a daemon thread every ``every_s`` (``STORE_RETRY_S``) until it
+    returns without ``StoreUnavailable``; ``failed`` gets each failure (the replica's
+    readiness reason). Any other error ends the retries, logged."""
+
+    def run() -> None:
+        while True:
+            time.sleep(STORE_RETRY_S if every_s is None else every_s)
+            try:
+                attempt()
+            except StoreUnavailable as exc:
+                failed(exc)
+                continue
+            except Exception:
+                log.exception("%s: retry stopped", what)
+                return
+            log.info("%s: the store is readable again", what)
+            return
+
+    thread = threading.Thread(target=run, name=f"store-retry {what}", daemon=True)
+    thread.start()
+    return thread
 
 
 class Manifest(BaseModel):

@@ -1,6 +1,7 @@
 """Installed as a user would (docs/kubernetes.md): the RayService is Ready with every
 application RUNNING, `helm test` passes, every model answers its task route and V2 through
-the Serve Service, bad input gets its 4xx, and Ray's object store is in shared memory."""
+the Serve Service, over HTTP and over gRPC (tritonclient.grpc, unchanged), bad input gets its
+4xx, and Ray's object store is in shared memory."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import re
 
 import httpx
 import pytest
+import tritonclient.grpc as triton
+import yaml
 
 from tests.chart.chartlib import quantity_bytes
 from tests.e2e.conftest import Release
-from tests.e2e.kube import helm, kubectl, ray_pods, rayservice, running
+from tests.e2e.kube import CHART, helm, kubectl, ray_pods, rayservice, running, service_url
+from tests.grpc_client import as_inputs, assert_same_outputs, refusal
 from tests.integration.conftest import ALL_MODELS
 from tests.reliability.load import bodies, task_path
 
@@ -45,6 +49,36 @@ def test_every_model_answers_its_task_route_and_v2(release: Release, model: str)
         v2 = http.post(f"/v2/models/{model}/infer", json=calls["v2"])
         assert v2.status_code == 200, v2.text
         assert v2.json()["model_name"] == model
+
+
+def test_every_model_answers_over_grpc_through_the_serve_service(release: Release) -> None:
+    """KubeRay's `<name>-serve-svc` carries the chart's `serve-grpc` port beside `serve`;
+    a tritonclient.grpc client with the caller's key gets each model's HTTP V2 answer, and
+    UNAUTHENTICATED without the key."""
+    port = yaml.safe_load((CHART / "values.yaml").read_text())["serve"]["grpc"]["port"]
+    service = kubectl("-n", release.namespace, "get", "svc", f"{release.name}-serve-svc",
+                      "-o", "jsonpath={.spec.ports[*].name}")
+    assert "serve-grpc" in service.split(), service
+    host = service_url(release.namespace, f"{release.name}-serve-svc", port)
+    auth = {"authorization": release.headers["Authorization"]}
+    client = triton.InferenceServerClient(host.removeprefix("http://"))
+    try:
+        assert client.is_server_live() and client.is_server_ready(headers=auth)
+        for model in ALL_MODELS:
+            body = bodies(model)["v2"]
+            http = httpx.post(f"{release.url}/v2/models/{model}/infer", json=body,
+                              headers=release.headers, timeout=60)
+            assert http.status_code == 200, http.text
+            assert client.is_model_ready(model, headers=auth), model
+            result = client.infer(model, as_inputs(body), parameters=body.get("parameters"),
+                                  headers=auth, client_timeout=60)
+            assert result.get_response().model_version == http.json()["model_version"]
+            assert_same_outputs(result, http.json()["outputs"])
+        code, _ = refusal(lambda: client.infer("fraud", as_inputs(bodies("fraud")["v2"]),
+                                               client_timeout=60))
+        assert code == "UNAUTHENTICATED"
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize(("what", "path", "content", "auth", "status"), [

@@ -17,10 +17,10 @@ from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from serving import audit
-from serving.protocol.codec import V2_DTYPES
 from serving.protocol.examples import protocol_bodies
 from serving.protocol.grpc_v2 import pb
 from serving.tasks import get_task
+from tests.grpc_client import as_inputs, assert_same_outputs, refusal
 from tests.integration.conftest import ALL_MODELS, app_args, wait_for
 
 pytestmark = pytest.mark.integration
@@ -37,25 +37,6 @@ def triton_client(grpc_port: int, base_url: str) -> Iterator[triton.InferenceSer
     client.close()
 
 
-def as_inputs(v2_body: dict[str, Any]) -> list[triton.InferInput]:
-    """A V2 JSON body's inputs as tritonclient InferInputs (sent as raw contents)."""
-    inputs = []
-    for tensor in v2_body["inputs"]:
-        dtype = V2_DTYPES[tensor["datatype"]]
-        array = np.array(tensor["data"], dtype=dtype).reshape(tensor["shape"])
-        infer_input = triton.InferInput(tensor["name"], tensor["shape"], tensor["datatype"])
-        infer_input.set_data_from_numpy(array)
-        inputs.append(infer_input)
-    return inputs
-
-
-def refusal(call: Callable[[], Any]) -> tuple[str, str]:
-    """The gRPC status name and message of a call that must fail."""
-    with pytest.raises(InferenceServerException) as caught:
-        call()
-    return str(caught.value.status()).removeprefix("StatusCode."), caught.value.message()
-
-
 @pytest.mark.parametrize("model", ALL_MODELS)
 def test_every_model_answers_over_grpc_as_on_the_http_v2_route(
         model, triton_client, client, trail):
@@ -67,14 +48,7 @@ def test_every_model_answers_over_grpc_as_on_the_http_v2_route(
                                  headers={**APP, "x-request-id": rid}, client_timeout=60)
     answer = result.get_response()
     assert (answer.model_name, answer.model_version) == (model, http.json()["model_version"])
-    for output in http.json()["outputs"]:
-        got = result.as_numpy(output["name"])
-        assert list(got.shape) == output["shape"], output["name"]
-        if got.dtype == object:
-            assert [v.decode() for v in got.reshape(-1)] == output["data"], output["name"]
-        else:
-            np.testing.assert_allclose(got.reshape(-1), output["data"], rtol=1e-5,
-                                       err_msg=output["name"])
+    assert_same_outputs(result, http.json()["outputs"])
     records = [r for r in audit.read_records(str(trail)) if r["request_id"] == rid]
     assert len(records) == 1 and records[0]["route"] == "grpc"
     assert records[0]["model"] == model and records[0]["version"] == answer.model_version

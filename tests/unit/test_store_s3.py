@@ -1,15 +1,20 @@
-"""The model store on a real S3 API (moto's server, tests/s3.py), read through s3fs."""
+"""The model store on a real S3 API (moto's server, tests/s3.py), read through s3fs, and
+replicas that start while it cannot be read."""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 import s3fs
 
+from serving import store as store_module
+from serving.protocol.examples import protocol_bodies
 from serving.runtime import ModelRunner, TaskProcessing
 from serving.store import MANIFEST, SAVED_MODEL_DIR, ModelStore, StoreUnavailable
 from serving.tasks import get_task
@@ -133,3 +138,80 @@ def test_an_upload_that_never_published_is_replaced_not_blocking(tiny_store, s3,
     assert store.versions("fraud") == ["1"] and store.verify("fraud", "1")
     listed = s3.server.client().list_objects_v2(Bucket=s3.bucket)["Contents"]
     assert key not in {o["Key"] for o in listed}
+
+
+def _forbidden(method: str, path: str) -> tuple[int, bytes]:
+    """S3 refusing every request, as it does a revoked key."""
+    return 403, b"<Error><Code>AccessDenied</Code><Message>revoked</Message></Error>"
+
+
+def _calls(app: Any, *calls: tuple[str, str]) -> list[tuple[int, dict[str, Any]]]:
+    """(status, JSON) of each (method, path) on the gateway's ASGI app; POSTs send fraud's
+    V2 example body."""
+    import asyncio
+
+    import httpx
+
+    body = protocol_bodies("fraud")["v2"]
+
+    async def go() -> list[tuple[int, dict[str, Any]]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            answers = [await client.request(m, p, json=body if m == "POST" else None)
+                       for m, p in calls]
+        return [(a.status_code, a.json()) for a in answers]
+    return asyncio.run(go())
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the timeout"
+        time.sleep(0.05)
+
+
+def test_a_runner_started_while_its_store_is_unreadable_is_not_ready_then_loads(
+        tiny_store, s3, tmp_path, monkeypatch):
+    """No exception out of the replica's start: not ready, the reason naming the store,
+    and ready, serving the store's latest version, once the store reads again."""
+    monkeypatch.setattr(store_module, "STORE_RETRY_S", 0.05)
+    store = _upload(tiny_store, s3, tmp_path / "cache", versions=("1", "2"))
+    s3.server.fault = _forbidden
+    runner = ModelRunner(ModelStore(store.root, cache_dir=str(tmp_path / "c2")), "fraud",
+                         "fraud", [], intra_op_threads=1)
+    runner.load_latest()
+    assert not runner.ready and store.root in runner.reason and "Forbidden" in runner.reason
+    with pytest.raises(StoreUnavailable):
+        runner.artifact_sha256("2")
+    s3.server.fault = None
+    _wait(lambda: runner.ready)
+    assert runner.reason is None and runner.versions == ["2"]
+    assert runner.artifact_sha256("2") == store.manifest("fraud", "2").artifact_sha256
+
+
+def test_a_gateway_started_while_its_store_is_unreadable_answers_503_until_it_reads(
+        tiny_store, s3, tmp_path, make_gateway, monkeypatch):
+    """The replica starts (a failed start would take every model down with it): readiness
+    is 503 and a prediction 503 naming the store; once it reads, both are 200. A routing
+    update on a replica already routed still fails while the store is unreadable, and the
+    routing it had keeps answering."""
+    monkeypatch.setattr(store_module, "STORE_RETRY_S", 0.05)
+    store = _upload(tiny_store, s3, tmp_path / "cache")
+    s3.server.fault = _forbidden
+    gateway = make_gateway(store_uri=store.root, models=[{"name": "fraud"}])
+    gateway.reconfigure({})
+    app = gateway.__serve_build_asgi_app__()
+    ready, ready_model, answer = _calls(app, ("GET", "/v2/health/ready"),
+                                        ("GET", "/v2/models/fraud/ready"),
+                                        ("POST", "/v2/models/fraud/infer"))
+    assert ready == (503, {"ready": False, "models": {"fraud": False}})
+    for status, error in (ready_model, answer):
+        assert status == 503 and store.root in error["error"], error
+    s3.server.fault = None
+    _wait(lambda: _calls(app, ("GET", "/v2/health/ready"))[0][0] == 200)
+    assert _calls(app, ("POST", "/v2/models/fraud/infer"))[0][0] == 200
+    s3.server.fault = _forbidden
+    with pytest.raises(StoreUnavailable):
+        gateway.reconfigure({"models": {"fraud": {"versions": ["latest"]}}})
+    assert [s for s, _ in _calls(app, ("GET", "/v2/health/ready"),
+                                 ("POST", "/v2/models/fraud/infer"))] == [200, 200]
