@@ -3,14 +3,19 @@
 FinServe serves sentiment with its Model stage in replicas of its own
 (``placement: model-replicas``) under the autoscaling settings below, exactly as
 ``finserve serve`` runs it; after ``IDLE_S`` of steady idleness, wrk steps the load from
-nothing to ``CONNECTIONS`` connections of 64-headline requests. The bench's process joins
-FinServe's local Ray as a second driver and reads Serve's replica states every ``POLL_S``:
-the replica is *added* when Serve creates it and *serving* when it is RUNNING (Serve
-routes to it from then on).
+nothing to ``CONNECTIONS`` connections of 64-headline requests. A child process
+(``python -m benchmarks.autoscale``) joins that server's own Ray, by its GCS address, as a
+second driver, with the server's single-machine environment (Ray on loopback), and reads
+Serve's replica states every ``POLL_S``: the replica is *added* when Serve creates it and
+*serving* when it is RUNNING (Serve routes to it from then on).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -55,6 +60,25 @@ def _states() -> dict[str, int]:
     return {}
 
 
+def run_step(url: str, body: Path, gcs_address: str, timeout: float = 600) -> dict[str, Any]:
+    """``load_step`` in a child process whose Ray takes loopback as its node's address, as
+    ``finserve serve``'s does (``local_only_env``; Ray reads it when it is imported, and the
+    bench's own process imported Ray long before), with the server's token auth."""
+    from deployments.deploy import local_only_env
+
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.autoscale", url, str(body), gcs_address],
+        # a local ray.init() turns token auth on unless RAY_AUTH_MODE says otherwise, and a
+        # driver given an address turns it on only when told (ray/_private/worker.py)
+        env={**os.environ, **local_only_env(),
+             "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")},
+        capture_output=True, text=True,
+        timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the autoscaling step failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def load_step(url: str, body: Path, gcs_address: str) -> dict[str, Any]:
     """Step the load and time the second replica, reading replica states from the Ray
     cluster at ``gcs_address``: the server's own, never "the latest local Ray", which
@@ -88,3 +112,7 @@ def load_step(url: str, body: Path, gcs_address: str) -> dict[str, Any]:
                 "load": load}
     finally:
         ray.shutdown()
+
+
+if __name__ == "__main__":  # run_step's child: URL BODY GCS_ADDRESS; the step's JSON last
+    print(json.dumps(load_step(sys.argv[1], Path(sys.argv[2]), sys.argv[3])))

@@ -684,7 +684,7 @@ def autoscale_step(config: Path, bodies: dict[tuple[str, str, int], Path],
         return {"error": infos[system.name].get("error", "did not start")}
     try:
         log(f"autoscaling: load step to {autoscale.CONNECTIONS} connections")
-        step = autoscale.load_step(system.base + task_path(autoscale.MODEL),
+        step = autoscale.run_step(system.base + task_path(autoscale.MODEL),
                                    bodies[(autoscale.MODEL, "task", BATCH)],
                                    f"127.0.0.1:{gcs_port}")
         log(f"  second replica added after {step.get('added_s')} s, serving after "
