@@ -177,3 +177,17 @@ def test_the_grpc_table_puts_grpc_beside_http_and_its_generators_ceiling(tmp_pat
     assert "30x the fastest system below (1,000 req/s)" in text
     no_grpc = render(run(every_point()), tmp_path, monkeypatch)
     assert "Not measured in this run (part `grpc`)." in section(no_grpc, "gRPC")
+
+
+
+def test_the_in_process_share_target_is_retired_for_fraud_and_credit_only(tmp_path, monkeypatch):
+    """Issue 17 retired "half the in-process limit" for the models its target (iii) covers;
+    sentiment keeps it, judged."""
+    r = run(every_point())
+    r["inprocess"] = {m: {"best_instances_per_s": 100_000.0, "best_batch": 64,
+                          "batch1_call_p50_ms": 0.3, "batch1_pre_call_p50_ms": 0.4,
+                          "batch1_pre_call_post_p50_ms": 0.5} for m in r["models"]}
+    lines = [x for x in section(render(r, tmp_path, monkeypatch), "Targets (issue 6)")
+             if "of the in-process limit" in x]
+    verdict = {x.split(", ")[0].split()[-1]: x.split(" ")[1] for x in lines}
+    assert verdict == {"fraud": "retired", "credit": "retired", "sentiment": "**PASS**"}, lines
