@@ -39,9 +39,9 @@ def seconds() -> float:
 
 
 @pytest.fixture(scope="session")
-def ray_serve() -> Iterator[int]:
-    """The integration tier's local Ray Serve; in a session that runs both tiers, the one
-    that tier already started (one Ray per process)."""
+def ray_serve(grpc_port: int) -> Iterator[int]:
+    """The integration tier's local Ray Serve (gRPC on ``grpc_port``); in a session that
+    runs both tiers, the one that tier already started (one Ray per process)."""
     import ray
 
     if ray.is_initialized():
@@ -49,7 +49,7 @@ def ray_serve() -> Iterator[int]:
 
         yield int(_get_global_client().get_serve_details()["http_options"]["port"])
     else:
-        yield from inspect.unwrap(integration.ray_serve)()
+        yield from inspect.unwrap(integration.ray_serve)(grpc_port)
 
 
 @pytest.fixture(scope="session")
