@@ -71,15 +71,14 @@ STORE_RETRY_S = 5.0
 
 
 def retry_while_unavailable(what: str, attempt: Callable[[], None],
-                            failed: Callable[[StoreUnavailable], None],
-                            every_s: float | None = None) -> threading.Thread:
-    """Call ``attempt`` in a daemon thread every ``every_s`` (``STORE_RETRY_S``) until it
-    returns without ``StoreUnavailable``; ``failed`` gets each failure (the replica's
-    readiness reason). Any other error ends the retries, logged."""
+                            failed: Callable[[StoreUnavailable], None]) -> None:
+    """Call ``attempt`` in a daemon thread every ``STORE_RETRY_S`` until it returns without
+    ``StoreUnavailable``; ``failed`` gets each failure (the replica's readiness reason).
+    Any other error ends the retries, logged."""
 
     def run() -> None:
         while True:
-            time.sleep(STORE_RETRY_S if every_s is None else every_s)
+            time.sleep(STORE_RETRY_S)
             try:
                 attempt()
             except StoreUnavailable as exc:
@@ -88,12 +87,10 @@ def retry_while_unavailable(what: str, attempt: Callable[[], None],
             except Exception:
                 log.exception("%s: retry stopped", what)
                 return
-            log.info("%s: the store is readable again", what)
+            log.info("%s: retries done (succeeded, or no longer needed)", what)
             return
 
-    thread = threading.Thread(target=run, name=f"store-retry {what}", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=run, name=f"store-retry {what}", daemon=True).start()
 
 
 class Manifest(BaseModel):

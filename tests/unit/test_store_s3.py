@@ -4,8 +4,6 @@ replicas that start while it cannot be read."""
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +16,7 @@ from serving.protocol.examples import protocol_bodies
 from serving.runtime import ModelRunner, TaskProcessing
 from serving.store import MANIFEST, SAVED_MODEL_DIR, ModelStore, StoreUnavailable
 from serving.tasks import get_task
+from tests.integration.conftest import wait_for
 from tests.unit.test_store import VARIABLES, _flip_byte
 
 if TYPE_CHECKING:
@@ -163,13 +162,6 @@ def _calls(app: Any, *calls: tuple[str, str]) -> list[tuple[int, dict[str, Any]]
     return asyncio.run(go())
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "not within the timeout"
-        time.sleep(0.05)
-
-
 def test_a_runner_started_while_its_store_is_unreadable_is_not_ready_then_loads(
         tiny_store, s3, tmp_path, monkeypatch):
     """No exception out of the replica's start: not ready, the reason naming the store,
@@ -184,7 +176,7 @@ def test_a_runner_started_while_its_store_is_unreadable_is_not_ready_then_loads(
     with pytest.raises(StoreUnavailable):
         runner.artifact_sha256("2")
     s3.server.fault = None
-    _wait(lambda: runner.ready)
+    wait_for(lambda: runner.ready, interval=0.05)
     assert runner.reason is None and runner.versions == ["2"]
     assert runner.artifact_sha256("2") == store.manifest("fraud", "2").artifact_sha256
 
@@ -208,7 +200,7 @@ def test_a_gateway_started_while_its_store_is_unreadable_answers_503_until_it_re
     for status, error in (ready_model, answer):
         assert status == 503 and store.root in error["error"], error
     s3.server.fault = None
-    _wait(lambda: _calls(app, ("GET", "/v2/health/ready"))[0][0] == 200)
+    wait_for(lambda: _calls(app, ("GET", "/v2/health/ready"))[0][0] == 200, interval=0.05)
     assert _calls(app, ("POST", "/v2/models/fraud/infer"))[0][0] == 200
     s3.server.fault = _forbidden
     with pytest.raises(StoreUnavailable):
