@@ -60,7 +60,9 @@ class MotoS3:
             if answer is None:
                 return moto_app(environ, start_response)
             status, body = answer
-            start_response(f"{status} Fault", [("Content-Type", "application/xml")])
+            body = b"" if method == "HEAD" else body  # a HEAD answer has no body (RFC 9110)
+            start_response(f"{status} Fault", [("Content-Type", "application/xml"),
+                                               ("Content-Length", str(len(body)))])
             return [body]
 
         self._server = make_server("127.0.0.1", 0, app, threaded=True)
