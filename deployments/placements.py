@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
@@ -26,7 +27,7 @@ from deployments.metrics import StageMetrics
 from deployments.stages import Model
 from serving.config import ModelSettings
 from serving.errors import FinServeError, ModelUnavailable, RequestTimeout
-from serving.runtime import Batch, TaskProcessing
+from serving.runtime import Batch, TaskProcessing, merge_rows, split_rows
 from serving.store import ModelStore
 
 log = logging.getLogger("finserve.gateway")
@@ -113,7 +114,7 @@ class Placement(abc.ABC):
 
 
 class _ProcessingHere(Placement):
-    """Preprocess and Postprocess in this (gateway) replica around one Model call."""
+    """Preprocess and Postprocess in this (gateway) replica."""
 
     def __init__(self, settings: ModelSettings, store: ModelStore, timeout_s: float) -> None:
         super().__init__(settings.name, timeout_s)
@@ -122,18 +123,16 @@ class _ProcessingHere(Placement):
         self.metrics = {stage: StageMetrics(settings.name, stage)
                         for stage in ("preprocess", "postprocess")}
 
-    @abc.abstractmethod
-    def predict(self, version: str, batch: Batch) -> Awaitable[Batch]:
-        """The Model stage's call on one preprocessed batch."""
-
-    async def run_once(self, version: str, raw: np.ndarray,
-                       request_params: dict[str, Any]) -> Outputs:
+    def preprocess(self, version: str, raw: np.ndarray) -> Batch:
         started = time.perf_counter()
         batch = self.processing.preprocess(version, raw)
         self.metrics["preprocess"].observe(started)
-        scores = await self.within_deadline(self.predict(version, Batch(batch.data)))
+        return batch
+
+    def postprocess(self, version: str, scores: Batch, context: dict[str, np.ndarray],
+                    request_params: dict[str, Any]) -> Outputs:
         started = time.perf_counter()
-        outputs = self.processing.postprocess(version, Batch(scores.data, batch.context),
+        outputs = self.processing.postprocess(version, Batch(scores.data, context),
                                               request_params)
         self.metrics["postprocess"].observe(started)
         return outputs
@@ -142,10 +141,29 @@ class _ProcessingHere(Placement):
         self.processing.configure(versions, self.processing.options)
 
 
+#: one request's share of a merged batch: version, raw rows, request parameters
+Call = tuple[str, np.ndarray, dict[str, Any]]
+
+
+def mergeable(calls: list[Call]) -> list[list[int]]:
+    """The calls that can go through the pipeline together (one version, equal request
+    parameters), as lists of indices in arrival order."""
+    groups: list[tuple[str, dict[str, Any], list[int]]] = []
+    for i, (version, _, params) in enumerate(calls):
+        group = next((g for g in groups if g[0] == version and g[1] == params), None)
+        if group is None:
+            groups.append((version, params, [i]))
+        else:
+            group[2].append(i)
+    return [indices for _, _, indices in groups]
+
+
 class InGateway(_ProcessingHere):
-    """The whole pipeline in the gateway replica: the Model stage's own code
-    (``@serve.batch`` over the signatures) runs here too; a request ``alone`` in the
-    replica skips the batch queue."""
+    """The whole pipeline in the gateway replica, once per merged batch: ``@serve.batch``
+    gathers the requests waiting in the replica, and those of one version and equal
+    parameters are preprocessed, predicted (the Model stage's own code) and postprocessed
+    together, then split back into each request's rows (levers row 37). A request
+    ``alone`` in the replica skips the queue."""
 
     def __init__(self, settings: ModelSettings, store: ModelStore, timeout_s: float,
                  alone: Callable[[], bool] = lambda: False) -> None:
@@ -153,9 +171,56 @@ class InGateway(_ProcessingHere):
         stage = Model.func_or_class  # the class under @serve.deployment
         self.stage = stage(store.root, settings.name, settings.task_name, settings.model)
         self.alone = alone
+        # a queue of this instance's own, as the Model stage keeps (one per model)
+        self.batched = serve.batch(
+            max_batch_size=settings.model.max_batch_size,
+            batch_wait_timeout_s=settings.model.batch_wait_timeout_s,
+        )(self._answer_batch)
 
-    def predict(self, version: str, batch: Batch) -> Awaitable[Batch]:
-        return self.stage(version, batch, alone=self.alone())
+    async def run_once(self, version: str, raw: np.ndarray,
+                       request_params: dict[str, Any]) -> Outputs:
+        self.stage.artifact_sha256(version)  # a refused version: 503, not batched
+        call = (version, raw, request_params)
+        if self.alone():
+            answer = self.answer([call])[0]
+        else:
+            answer = await self.within_deadline(self.batched(call))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def _answer_batch(self, calls: list[Call]) -> list[Outputs | Exception]:
+        return self.answer(calls)
+
+    def answer(self, calls: list[Call]) -> list[Outputs | Exception]:
+        """Each call's outputs, or the exception that refused it. A merged group that fails
+        is answered again call by call, so that one request's failure stays its own."""
+        answers: list[Outputs | Exception] = [{} for _ in calls]
+        for indices in mergeable(calls):
+            try:
+                outputs = self._pipeline([calls[i] for i in indices])
+            except Exception as exc:
+                outputs = [exc] if len(indices) == 1 else [
+                    self._alone_or_error(calls[i]) for i in indices]
+            for i, result in zip(indices, outputs, strict=True):
+                answers[i] = result
+        return answers
+
+    def _alone_or_error(self, call: Call) -> Outputs | Exception:
+        try:
+            return self._pipeline([call])[0]
+        except Exception as exc:
+            return exc
+
+    def _pipeline(self, calls: list[Call]) -> list[Outputs]:
+        """Preprocess, Model and Postprocess once over calls of one version and equal
+        parameters."""
+        version, _, request_params = calls[0]
+        raws = [raw for _, raw, _ in calls]
+        batch = self.preprocess(version, merge_rows(raws))
+        scores = self.stage.scores([(version, batch.data)])[0]
+        outputs = self.postprocess(version, Batch(scores), batch.context, request_params)
+        return split_rows(outputs, [len(raw) for raw in raws])
 
     def preload(self, versions: list[str]) -> None:
         super().preload(versions)
@@ -193,8 +258,11 @@ class ModelReplicas(_ProcessingHere):
         super().__init__(settings, store, timeout_s)
         self.handle = model
 
-    def predict(self, version: str, batch: Batch) -> Awaitable[Batch]:
-        return self.handle.remote(version, batch)
+    async def run_once(self, version: str, raw: np.ndarray,
+                       request_params: dict[str, Any]) -> Outputs:
+        batch = self.preprocess(version, raw)
+        scores = await self.within_deadline(self.handle.remote(version, Batch(batch.data)))
+        return self.postprocess(version, scores, batch.context, request_params)
 
     def preload(self, versions: list[str]) -> None:
         super().preload(versions)

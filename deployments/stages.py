@@ -105,18 +105,19 @@ class Model:
         """The verified digest of the SavedModel this replica serves ``version`` from."""
         return self.runner.artifact_sha256(version)
 
-    async def _predict_batch(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
+    def scores(self, requests: list[tuple[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """The signature's outputs for each (version, model inputs), one call per version;
+        observed as one batch."""
         started = time.perf_counter()
         results = self.runner.predict_batch(requests)
         self.metrics.observe(started, batch_size=sum(len(x) for _, x in requests))
         return results
 
-    async def __call__(self, version: str, batch: Batch, alone: bool = False) -> Batch:
-        """One request's scores. ``alone``: no other request is in its replica, so there
-        is nothing to batch it with and it is predicted at once, without the queue."""
+    async def _predict_batch(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
+        return self.scores(requests)
+
+    async def __call__(self, version: str, batch: Batch) -> Batch:
+        """One request's scores, predicted with the others queued in this replica."""
         digest = self.runner.artifact_sha256(version)  # a refused version: 503, not batched
-        if alone:
-            scores = (await self._predict_batch([(version, batch.data)]))[0]
-        else:
-            scores = await self.predict((version, batch.data))
+        scores = await self.predict((version, batch.data))
         return Batch(scores, batch.context, digest)

@@ -251,12 +251,26 @@ class ModelRunner(_Versions):
         for version, indices in by_version.items():
             call = self.get(version)
             arrays = [requests[i][1] for i in indices]
-            outputs = call(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
-            bounds = np.cumsum([len(a) for a in arrays])[:-1]
-            for name, values in outputs.items():
-                for i, part in zip(indices, np.split(values, bounds), strict=True):
-                    results[i][name] = part
+            outputs = call(merge_rows(arrays))
+            for i, part in zip(indices, split_rows(outputs, [len(a) for a in arrays]),
+                               strict=True):
+                results[i] = part
         return results
+
+
+def merge_rows(arrays: list[np.ndarray]) -> np.ndarray:
+    """Several requests' rows as one batch, in order (no copy for one)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def split_rows(outputs: dict[str, np.ndarray], lengths: list[int]
+               ) -> list[dict[str, np.ndarray]]:
+    """A merged batch's outputs back into each request's rows (``lengths``, in order)."""
+    if len(lengths) == 1:
+        return [outputs]
+    bounds = np.cumsum(lengths)[:-1]
+    parts = {name: np.split(values, bounds) for name, values in outputs.items()}
+    return [{name: split[i] for name, split in parts.items()} for i in range(len(lengths))]
 
 
 _tf_configured = False

@@ -67,27 +67,37 @@ def test_task_route_parameters_are_validated_once_with_defaults(gateway):
     assert recorded[-1]["parameters"] == {"horizon": 2}
 
 
+def _assert_same_outputs(got: list[dict], expected: list[dict]) -> None:
+    """V2 outputs alike: floats to rounding (a larger signature call may round apart)."""
+    for out, exp in zip(got, expected, strict=True):
+        assert {k: out[k] for k in ("name", "shape", "datatype")} == {
+            k: exp[k] for k in ("name", "shape", "datatype")}
+        floats = exp["datatype"].startswith("FP")
+        assert out["data"] == (pytest.approx(exp["data"], rel=1e-5) if floats else exp["data"])
+
+
 def test_a_request_alone_skips_the_batch_queue_and_concurrent_ones_are_batched(
         make_gateway, tmp_path):
-    """The in-flight count decides: one request in the replica is predicted at once;
-    requests that overlap go through ``@serve.batch`` and share signature calls."""
+    """The in-flight count decides: one request in the replica is answered at once;
+    requests that overlap go through ``@serve.batch`` and share pipeline passes, each
+    answered as it is alone."""
     gw = make_gateway()
     gw.reconfigure({"models": {"fraud": {"versions": ["2"]}}})
     app = gw.__serve_build_asgi_app__()
-    stage = gw.models["fraud"].placement.stage
-    sizes: list[int] = []  # requests per signature call, either way
+    placement = gw.models["fraud"].placement
+    sizes: list[int] = []  # requests per pass of the pipeline, either way
     queued: list[int] = []  # requests that went through the batch queue
-    runner_predict, enqueue = stage.runner.predict_batch, stage.predict
+    pipeline, enqueue = placement._pipeline, placement.batched
 
-    def counted(requests):
-        sizes.append(len(requests))
-        return runner_predict(requests)
+    def counted(calls):
+        sizes.append(len(calls))
+        return pipeline(calls)
 
-    async def counted_enqueue(request):
+    async def counted_enqueue(call):
         queued.append(1)
-        return await enqueue(request)
+        return await enqueue(call)
 
-    stage.runner.predict_batch, stage.predict = counted, counted_enqueue
+    placement._pipeline, placement.batched = counted, counted_enqueue
     body = _golden("fraud_v2_request.json")
 
     async def go() -> list[httpx.Response]:
@@ -102,7 +112,9 @@ def test_a_request_alone_skips_the_batch_queue_and_concurrent_ones_are_batched(
     phases: list[int] = []
     answers = asyncio.run(go())
     assert [r.status_code for r in answers] == [200] * 11
-    assert phases == [0] and sizes[:3] == [1, 1, 1]  # each alone: predicted at once
+    assert phases == [0] and sizes[:3] == [1, 1, 1]  # each alone: answered at once
     assert len(queued) == 8 and max(sizes) > 1  # overlapping ones: queued and batched
+    for answer in answers[1:]:
+        _assert_same_outputs(answer.json()["outputs"], answers[0].json()["outputs"])
     assert gw.in_flight.count == 0
     assert len(list(read_records(str(tmp_path / "trail")))) == 11
