@@ -42,6 +42,7 @@ from deployments.placements import placement
 from deployments.responses import only_documented
 from deployments.routes import VERSION_HEADER, add_routes
 from deployments.served import Served
+from deployments.v2_infer import V2InferFastPath
 from serving import __version__
 from serving.audit import Recorder, decision_id
 from serving.config import AppArgs, Routing
@@ -226,6 +227,9 @@ class Gateway(GrpcInference):
         app.router.route_class = GatewayRoute  # strict JSON or binary tensors, every route
         setattr(app.state, PATH_CHECK, self.check_path)  # 404 before the body is read
         install_error_handlers(app)
+        add_routes(app, self)
+        # innermost: JSON V2 inference skips FastAPI's routing (deployments.v2_infer)
+        app.add_middleware(V2InferFastPath, gateway=self, routes=app.routes)
         app.add_middleware(JsonBodyMiddleware)
         app.add_middleware(BodyLimitMiddleware, max_bytes=self.args.limits.max_body_bytes,
                            timeout_s=IngressTimeouts.from_env().request_s)
@@ -234,6 +238,5 @@ class Gateway(GrpcInference):
         app.add_middleware(RequestIdMiddleware)
         app.add_middleware(RequestMetricsMiddleware, gateway_metrics=self.metrics,
                            in_flight=self.in_flight)
-        add_routes(app, self)
         only_documented(app)
         return app

@@ -68,26 +68,27 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as ``{"error": ...}`` with the status that says why."""
+    for kind in (FinServeError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, _handled)
 
-    @app.exception_handler(FinServeError)
-    async def _finserve(_: Request, exc: FinServeError) -> JSONResponse:
+
+async def _handled(request: Request, exc: Exception) -> JSONResponse:
+    return error_answer(request, exc)
+
+
+def error_answer(request: Request, exc: BaseException) -> JSONResponse:
+    """The answer to any error a request raised, on every HTTP route (the FastAPI routes'
+    exception handlers and the V2 infer fast path, ``deployments.v2_infer``)."""
+    if isinstance(exc, FinServeError):
         return error_response(exc.status_code, exc.message, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        status, message = _validation_message(exc)
-        return error_response(status, message)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc, RequestValidationError):
+        return error_response(*_validation_message(exc))
+    if isinstance(exc, StarletteHTTPException):
         message = (exc.status_code == 404 and _unknown_model(request)) or str(exc.detail)
         return error_response(exc.status_code, message, getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        status, message, headers = error_of(exc, request.url.path,
-                                            request.headers.get(REQUEST_ID, ""))
-        return error_response(status, message, headers)
+    status, message, headers = error_of(exc, request.url.path,
+                                        request.headers.get(REQUEST_ID, ""))
+    return error_response(status, message, headers)
 
 
 def error_of(exc: BaseException, where: str, rid: str
@@ -339,12 +340,17 @@ class GatewayRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
-            check = getattr(request.app.state, PATH_CHECK, None)
-            if check is not None:
-                check(_named(request))
+            check_named(request)
             return await handler(GatewayRequest(request.scope, request.receive))
 
         return route
+
+
+def check_named(request: Request) -> None:
+    """The app's ``PATH_CHECK`` of the model and version a request names, if it has one."""
+    check = getattr(request.app.state, PATH_CHECK, None)
+    if check is not None:
+        check(_named(request))
 
 
 def _named(request: Request) -> dict[str, Any]:
