@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.deploy import IngressTimeouts
 from deployments.drift_metrics import DriftMetrics
+from deployments.fast_routes import FastRoutes
 from deployments.grpc_ingress import GrpcInference
 from deployments.http import (
     ADMITTED_SCOPE_KEY,
@@ -42,7 +43,6 @@ from deployments.placements import placement
 from deployments.responses import only_documented
 from deployments.routes import VERSION_HEADER, add_routes
 from deployments.served import Served
-from deployments.v2_infer import V2InferFastPath
 from serving import __version__
 from serving.audit import Recorder, decision_id
 from serving.config import AppArgs, Routing
@@ -228,8 +228,8 @@ class Gateway(GrpcInference):
         setattr(app.state, PATH_CHECK, self.check_path)  # 404 before the body is read
         install_error_handlers(app)
         add_routes(app, self)
-        # innermost: JSON V2 inference skips FastAPI's routing (deployments.v2_infer)
-        app.add_middleware(V2InferFastPath, gateway=self, routes=app.routes)
+        # innermost: JSON POSTs skip FastAPI's routing (deployments.fast_routes)
+        app.add_middleware(FastRoutes, routes=app.routes)
         app.add_middleware(JsonBodyMiddleware)
         app.add_middleware(BodyLimitMiddleware, max_bytes=self.args.limits.max_body_bytes,
                            timeout_s=IngressTimeouts.from_env().request_s)

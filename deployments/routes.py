@@ -94,7 +94,21 @@ def _v2_routes(app: FastAPI, gateway: "Gateway") -> None:
         request: Request, response: Response, model: str, body: InferenceRequest,
         version: str | None = None,
     ) -> InferenceResponse | Response:
-        return await v2_infer(gateway, request, response, model, body, version)
+        served, key = gateway.admit(request, model)
+        raw = dataplane.decode_v2(body, served.task, request.scope.get(BINARY_SCOPE_KEY),
+                                  gateway.args.limits.max_instances)
+        dataplane.requested_outputs(served.task, body)
+        params = served.task.request_params(dataplane.v2_parameters(body))
+        version, outputs = await gateway.answer(
+            request, response, served, key, version, raw, params, "v2")
+        answer, raw_outputs = dataplane.encode_v2(served.task, model, version, outputs, body)
+        if not raw_outputs:
+            return answer
+        content, length = binary.response(answer.model_dump(exclude_none=True), raw_outputs)
+        whole = Response(content, media_type=binary.CONTENT_TYPE,
+                         headers={binary.HEADER: str(length)})
+        whole.headers.update(response.headers)  # the version and decision id, as in JSON
+        return whole
 
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         app.add_api_route(prefix, metadata, methods=["GET"], response_model=ModelMetadata,
@@ -105,27 +119,6 @@ def _v2_routes(app: FastAPI, gateway: "Gateway") -> None:
         app.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=["v2"],
                           response_model=InferenceResponse, summary="Inference (V2)",
                           description=BINARY_DOC, responses=documented.PREDICT)
-
-
-async def v2_infer(gateway: "Gateway", request: Request, response: Response, model: str,
-                   body: InferenceRequest, version: str | None) -> InferenceResponse | Response:
-    """A V2 inference: the answer (headers set on ``response``), or the whole response when
-    outputs go as binary tensor data. The FastAPI route and the fast path
-    (``deployments.v2_infer``) both answer with it."""
-    served, key = gateway.admit(request, model)
-    raw = dataplane.decode_v2(body, served.task, request.scope.get(BINARY_SCOPE_KEY),
-                              gateway.args.limits.max_instances)
-    dataplane.requested_outputs(served.task, body)
-    params = served.task.request_params(dataplane.v2_parameters(body))
-    version, outputs = await gateway.answer(
-        request, response, served, key, version, raw, params, "v2")
-    answer, raw_outputs = dataplane.encode_v2(served.task, model, version, outputs, body)
-    if not raw_outputs:
-        return answer
-    content, length = binary.response(answer.model_dump(exclude_none=True), raw_outputs)
-    whole = Response(content, media_type=binary.CONTENT_TYPE, headers={binary.HEADER: str(length)})
-    whole.headers.update(response.headers)  # the version and decision id, as a JSON answer's
-    return whole
 
 
 def _v1_routes(app: FastAPI, gateway: "Gateway") -> None:
