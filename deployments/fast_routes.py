@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +37,9 @@ _BINARY = binary.HEADER.lower().encode()
 
 @dataclass(frozen=True)
 class FastRoute:
-    """A route this path answers: the FastAPI route, its endpoint and its body's model."""
+    """A route this path answers: the FastAPI route and its body's model."""
 
     route: APIRoute
-    endpoint: Callable[..., Any]
     body: type[BaseModel]
 
 
@@ -55,7 +54,7 @@ def fast_routes(routes: Iterable[Any]) -> list[FastRoute]:
         body = params["body"].annotation if "body" in params else None
         if (isinstance(body, type) and issubclass(body, BaseModel)
                 and set(params) <= _KNOWN | set(route.param_convertors)):
-            found.append(FastRoute(route, route.endpoint, body))
+            found.append(FastRoute(route, body))
     return found
 
 
@@ -101,8 +100,8 @@ async def _answer(fast: FastRoute, request: Request) -> Response:
     del response.headers["content-length"]
     params = request.path_params
     version = params.get("version", request.query_params.get("version"))
-    answer = await fast.endpoint(request=request, response=response, body=body,
-                                 **{**params, "version": version})
+    answer = await fast.route.endpoint(request=request, response=response, body=body,
+                                       **{**params, "version": version})
     if isinstance(answer, Response):
         return answer
     whole = Response(answer.__pydantic_serializer__.to_json(answer, by_alias=True),

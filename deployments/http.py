@@ -78,7 +78,7 @@ async def _handled(request: Request, exc: Exception) -> JSONResponse:
 
 def error_answer(request: Request, exc: BaseException) -> JSONResponse:
     """The answer to any error a request raised, on every HTTP route (the FastAPI routes'
-    exception handlers and the V2 infer fast path, ``deployments.v2_infer``)."""
+    exception handlers and their plain ASGI path, ``deployments.fast_routes``)."""
     if isinstance(exc, FinServeError):
         return error_response(exc.status_code, exc.message, exc.headers)
     if isinstance(exc, RequestValidationError):
