@@ -1,7 +1,8 @@
 """Helm rendering and schema helpers for the chart tests (no cluster needed).
 
-helm comes from PATH or .venv/bin (``make tools`` installs it); the KubeRay CRDs from
-``../shared/third_party/kuberay/crds`` beside the repository, or ``FINSERVE_KUBERAY_CRDS``;
+helm comes from PATH or .venv/bin (``make tools`` installs it); the KubeRay v1.7.0 CRD
+from ``tests/chart/kuberay-crds`` (its SOURCE.txt says where from), or from
+``FINSERVE_KUBERAY_CRDS``;
 the CRDs of the oldest KubeRay the chart supports (Chart.yaml) from
 ``FINSERVE_KUBERAY_MIN_CRDS``, else the operator's Go module (`go mod download`: the module
 cache, or the Go module proxy once; `make cluster` builds that module).
@@ -9,6 +10,7 @@ cache, or the Go module proxy once; `make cluster` builds that module).
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -38,9 +40,9 @@ K8S_VERSION = os.environ.get("FINSERVE_K8S_VERSION", "1.35")  # kubectl v1.35 fr
 
 
 def crds_dir() -> Path:
-    """KubeRay v1.7.0 CRDs: FINSERVE_KUBERAY_CRDS, else shared/ beside the repository."""
+    """KubeRay v1.7.0 CRDs: FINSERVE_KUBERAY_CRDS, else the copy in the repository."""
     env = os.environ.get("FINSERVE_KUBERAY_CRDS")
-    return Path(env) if env else REPO.parent / "shared" / "third_party" / "kuberay" / "crds"
+    return Path(env) if env else Path(__file__).parent / "kuberay-crds"
 
 
 def chart_annotation(key: str) -> str:
@@ -243,17 +245,25 @@ def strict_crd_schema(node: Any) -> Any:
 
 
 @cache
+def load_crd(crds: Path, kind_plural: str = "rayservices") -> dict[str, Any]:
+    """KubeRay's CRD of ``kind_plural`` in the folder ``crds``: ``ray.io_<kind>.yaml``, or
+    the same gzip-compressed (``.yaml.gz``)."""
+    path = crds / f"ray.io_{kind_plural}.yaml"
+    for candidate, read in ((path, Path.read_text),
+                            (path.with_name(path.name + ".gz"),
+                             lambda p: gzip.decompress(p.read_bytes()).decode())):
+        if candidate.is_file():
+            return yaml.load(read(candidate), Loader=getattr(yaml, "CSafeLoader",
+                                                             yaml.SafeLoader))
+    pytest.fail(f"KubeRay CRD {path} (or .gz) not found: set FINSERVE_KUBERAY_CRDS to the "
+                "folder of ray.io_*.yaml", pytrace=False)
+
+
+@cache
 def crd_validator(kind_plural: str = "rayservices", version: str = "v1",
                   crds: Path | None = None) -> Draft202012Validator:
     """The strict schema of a KubeRay CRD from ``crds`` (default: ``crds_dir()``)."""
-    path = (crds or crds_dir()) / f"ray.io_{kind_plural}.yaml"
-    if not path.is_file():
-        pytest.fail(
-            f"KubeRay CRD {path} not found: clone the repository with shared/ beside it or "
-            "set FINSERVE_KUBERAY_CRDS to the folder of ray.io_*.yaml",
-            pytrace=False,
-        )
-    crd = yaml.safe_load(path.read_text())
+    crd = load_crd(crds or crds_dir(), kind_plural)
     schema = next(v for v in crd["spec"]["versions"] if v["name"] == version)
     return Draft202012Validator(strict_crd_schema(schema["schema"]["openAPIV3Schema"]))
 
