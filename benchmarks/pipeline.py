@@ -31,8 +31,9 @@ Loader = Callable[[Path, Task, dict[str, Any]], Predict]
 
 
 def signature(path: Path, task: Task, params: dict[str, Any]) -> Predict:
-    """The SavedModel's serving signature called directly, as FinServe's Model stage does."""
-    return load_signature(path)
+    """The SavedModel's serving signature called directly, as FinServe's Model stage does
+    (compiled by XLA where the task's default says so, as the shipped Serve config leaves it)."""
+    return load_signature(path, jit_compile=task.jit_compile)
 
 
 @dataclass

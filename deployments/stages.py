@@ -79,6 +79,7 @@ class Model:
             ModelStore(store_uri), model, task, [],
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
+            jit_compile=settings.jit_compile,
         )
         # a batch queue of this instance's own: @serve.batch on a method keeps one queue
         # for every instance in the process, and a gateway replica holds one Model per model

@@ -82,6 +82,9 @@ class ModelStageSettings(Stage):
         "requests queue while a batch runs, so batches still fill (docs/benchmarks.md).")
     intra_op_threads: int | None = Field(1, ge=1, description="TF intra-op threads per replica.")
     inter_op_threads: int | None = Field(1, ge=1, description="TF inter-op threads per replica.")
+    jit_compile: bool | None = Field(
+        None, description="Answer with the signature compiled by XLA per batch-size bucket, "
+        "compiled in the background on first use (serving/jit.py). None: the task's default.")
 
 
 class Drift(_Strict):

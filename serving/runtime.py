@@ -152,9 +152,11 @@ class ModelRunner(_Versions):
     def __init__(
         self, store: ModelStore, model: str, task: str, versions: list[str],
         intra_op_threads: int | None = None, inter_op_threads: int | None = None,
+        jit_compile: bool | None = None,
     ) -> None:
         super().__init__(store, model)
         self.task: Task = get_task(task)
+        self.jit_compile = self.task.jit_compile if jit_compile is None else jit_compile
         self.versions = list(versions)
         self.threads = (intra_op_threads, inter_op_threads)
         self.digests: dict[str, str] = {}  # version: verified digest of what was loaded
@@ -228,7 +230,7 @@ class ModelRunner(_Versions):
         verified = self.store.verified(self.model, version)
         log.info("%s v%s: verified %s in %.3fs", self.model, version,
                  verified.artifact_sha256[:12], verified.seconds)
-        call = load_signature(verified.path / SAVED_MODEL_DIR)
+        call = load_signature(verified.path / SAVED_MODEL_DIR, jit_compile=self.jit_compile)
         example = self.task.preprocess(
             self.task.sample_data(seed=1, n=8).raw, verified.manifest.preprocessing
         )

@@ -52,8 +52,10 @@ def export_saved_model(task: Task, model: Any, params: dict[str, Any], path: Pat
     archive.write_out(str(path), verbose=False)
 
 
-def load_signature(path: str | Path) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """Load a SavedModel's serving signature as a numpy → {name: numpy} function."""
+def load_signature(path: str | Path, jit_compile: bool = False
+                   ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """Load a SavedModel's serving signature as a numpy → {name: numpy} function;
+    ``jit_compile``: answered by XLA per batch-size bucket once compiled (serving/jit.py)."""
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(path))
@@ -63,7 +65,11 @@ def load_signature(path: str | Path) -> Callable[[np.ndarray], dict[str, np.ndar
         return {name: t.numpy() for name, t in signature(inputs=tf.constant(x)).items()}
 
     call.loaded = loaded  # keep the trackable alive with the function
-    return call
+    if not jit_compile:
+        return call
+    from serving.jit import JitSignature
+
+    return JitSignature(signature, call, name=str(path))
 
 
 def predict_in_batches(call: Callable[[np.ndarray], dict[str, np.ndarray]], x: np.ndarray,
