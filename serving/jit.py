@@ -1,11 +1,13 @@
 """A SavedModel signature compiled with XLA, one executable per batch-size bucket.
 
-XLA fuses a signature's small ops into a few kernels. Served here (benchmarks/levers.md,
-row 42), sentiment's LSTM answered 1.04-1.32x the requests/s at 64 rows and 32
-connections, and 1.2-1.7x at one row and one connection, so ``SentimentTask.jit_compile``
-is on. Fraud's and credit's calls took less CPU in-process but their 64-row requests were
-served 0.85-0.93x as fast, and digits' convolutions and recommend's lookups took more CPU:
-those tasks keep it off (``Task.jit_compile``; the Serve config can turn it on or off).
+XLA fuses a signature's small ops into a few kernels. It is off by default for every task
+(``Task.jit_compile``) and turned on per model in the Serve config (``model.jit_compile``).
+Measured here (benchmarks/levers.md, row 42): once its buckets were compiled, sentiment's
+LSTM answered 1.04-1.32x the requests/s at 64 rows and 32 connections and 1.2-1.7x at one
+row; but in `make bench`'s short points its replicas were still compiling the many batch
+sizes that merged requests make, and a new replica came up about 0.5 s later. Fraud's and
+credit's 64-row requests were served 0.85-0.93x as fast even compiled, and digits'
+convolutions and recommend's lookups took more CPU per call.
 
 XLA compiles once per input shape, 0.3-1 s of CPU each. So:
 

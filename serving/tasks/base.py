@@ -110,9 +110,9 @@ class Task(abc.ABC):
     #: keys of the preprocessing parameters that serving builds from the stored ones and
     #: keeps on them (lookup indexes, ``cached``); never stored with a version
     runtime_caches: ClassVar[tuple[str, ...]] = ()
-    #: serve the signature compiled by XLA per batch-size bucket (serving/jit.py); on
-    #: only where it measured faster served (benchmarks/levers.md, row 42); a Serve
-    #: config's ``model.jit_compile`` overrides it
+    #: serve the signature compiled by XLA per batch-size bucket (serving/jit.py); off for
+    #: every task so far (benchmarks/levers.md, row 42); a Serve config's
+    #: ``model.jit_compile`` turns it on per model
     jit_compile: ClassVar[bool] = False
 
     # --- data -------------------------------------------------------------------------

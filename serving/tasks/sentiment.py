@@ -114,9 +114,6 @@ class SentimentTask(Task):
         TensorSpec("label", "BYTES", (-1,), "the most probable label", role="decision"),
     )
     runtime_caches = ("_index",)  # lookup indexes over the stored lists
-    #: XLA fuses the LSTM's steps: served 1.04-1.32x the requests/s at 64 rows and c=32,
-    #: 1.2-1.7x at one row and c=1 (benchmarks/levers.md, row 42)
-    jit_compile = True
     default_epochs = 3
     batch_size = 64
     default_options: ClassVar[dict[str, Any]] = {}
