@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.training import predict_in_batches
+
 log = logging.getLogger(__name__)
 
 #: row counts a call is padded up to: four per doubling (1, 2, ... 8, 10, 12, 14, 16, 20,
@@ -140,8 +142,7 @@ class JitSignature:
         if rows == 0:
             return self._plain(x)
         if rows > MAX_ROWS:
-            parts = [self(x[i : i + MAX_ROWS]) for i in range(0, rows, MAX_ROWS)]
-            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            return predict_in_batches(self, x, MAX_ROWS)
         size = bucket(rows)
         compiled = self._compiled.get(size)
         if compiled is None:
